@@ -1,0 +1,15 @@
+"""One LightningModule per training stage (imported lazily to keep ``import prismrl`` light)."""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {"AlignmentModule": "prismrl.lightning_modules.alignment"}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prismrl.lightning_modules' has no attribute {name!r}")

@@ -1,0 +1,21 @@
+"""Each notebook runs top to bottom on its tiny config."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alignment.ipynb"])
+def test_notebook_executes(repo_root, tmp_path, monkeypatch, name):
+    monkeypatch.setenv("PRISMRL_REPO", str(repo_root))
+    monkeypatch.setenv("PRISMRL_NOTEBOOK_WORKDIR", str(tmp_path))
+    notebook = nbformat.read(repo_root / "notebooks" / name, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(repo_root / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
