@@ -1,0 +1,7 @@
+"""Lightning callbacks: embedding plots, training curves, RNG-state checkpointing, ..."""
+
+from prismrl.callbacks.embedding_plot import EmbeddingPlotCallback
+from prismrl.callbacks.rng_state import RNGStateCallback
+from prismrl.callbacks.training_curves import TrainingCurvesCallback
+
+__all__ = ["EmbeddingPlotCallback", "RNGStateCallback", "TrainingCurvesCallback"]

@@ -1,0 +1,7 @@
+"""LightningDataModules: Parquet, WebDataset shards, and the built-in digits dataset."""
+
+from prismrl.datamodules.digits import DigitsDataModule
+from prismrl.datamodules.parquet import ParquetDataModule
+from prismrl.datamodules.webdataset import WebDataModule
+
+__all__ = ["DigitsDataModule", "ParquetDataModule", "WebDataModule"]

@@ -21,6 +21,7 @@ from lightning import LightningModule
 from torch import nn
 
 from prismrl.data.batches import ImageTextBatch
+from prismrl.data.loaders import load_pending_dataloader_states
 from prismrl.data.text_dropout import apply_text_dropout
 from prismrl.evaluation.retrieval import positives_from_labels, recall_at_k, zero_shot_accuracy
 from prismrl.losses.contrastive import ContrastiveKind, build_contrastive_loss
@@ -75,7 +76,9 @@ class AlignmentModule(LightningModule):
         zero_shot_templates: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["image_tower", "text_tower"])
+        # Under LightningCLI (and load_from_checkpoint of its checkpoints) the towers are saved as their
+        # class_path config; built in Python they are modules whose weights the state dict already holds.
+        self.save_hyperparameters(ignore=[] if _built_from_config() else ["image_tower", "text_tower"])
         self.image_tower = image_tower
         self.text_tower = text_tower
         embed_dim = _tower_dim(image_tower, "image_tower")
@@ -123,6 +126,9 @@ class AlignmentModule(LightningModule):
         for template in self.zero_shot_templates:
             if template.count("{}") != 1:
                 raise ValueError(f"zero_shot_templates: expected exactly one '{{}}' per template, received {template!r}")
+
+    def on_train_start(self) -> None:
+        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume despite estimated_stepping_batches
 
     def training_step(self, batch: ImageTextBatch, batch_idx: int) -> torch.Tensor:
         captions = apply_text_dropout(batch.captions, self.hparams.text_dropout) if self.hparams.text_dropout else batch.captions
@@ -186,8 +192,9 @@ class AlignmentModule(LightningModule):
         if class_features is not None:
             metrics[f"{prefix}/zero_shot_acc"] = metrics[f"{prefix}/zero_shot_acc_d{full}"]
         headline = f"{prefix}/mean_recall@1"
-        self.log_dict({k: v for k, v in metrics.items() if k != headline})
-        self.log(headline, metrics[headline], prog_bar=True)
+        # every rank computed the same values on the gathered set; sync_dist only keeps Lightning's bookkeeping uniform
+        self.log_dict({k: v for k, v in metrics.items() if k != headline}, sync_dist=True)
+        self.log(headline, metrics[headline], prog_bar=True, sync_dist=True)
 
     @torch.no_grad()
     def _class_prompt_features(self) -> torch.Tensor:
@@ -218,6 +225,13 @@ class AlignmentModule(LightningModule):
         saved = checkpoint.get("prismrl_zero_shot", {})
         self.class_names = self.class_names or saved.get("class_names")
         self.zero_shot_templates = self.zero_shot_templates or saved.get("templates")
+
+
+def _built_from_config() -> bool:
+    from lightning.pytorch.core.mixins import hparams_mixin
+
+    given = getattr(hparams_mixin, "_given_hyperparameters", None)
+    return given is not None and given.get() is not None
 
 
 def _tower_dim(tower: nn.Module, field: str) -> int:

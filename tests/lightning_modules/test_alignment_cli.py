@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from prismrl.cli import build_cli
 
@@ -42,6 +43,9 @@ def test_fit_writes_checkpoints_events_plots_and_metrics(tiny_run):
     run = workdir / "runs/alignment/tiny"
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == cli.trainer.global_step and last["epoch"] == cli.trainer.max_epochs - 1
+    assert "prismrl_rng" in last and last["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     events = list((run / "logs/tiny").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -75,14 +79,32 @@ def test_load_from_checkpoint_reproduces_embeddings(tiny_run):
     assert restored.class_names == model.class_names
 
 
-def test_resume_from_last_checkpoint_matches_uninterrupted_run(repo_root, tmp_path, tiny_run):
+class _CrashAtStep(Callback):
+    """Simulates a crash: raises when the loop is about to run global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("crash_step", [6, 9])  # at an epoch boundary (6 steps/epoch) and mid-epoch
+def test_resume_after_a_crash_matches_uninterrupted_run(repo_root, tmp_path, tiny_run, crash_step):
     _, full = tiny_run  # 2 epochs uninterrupted
-    first = tmp_path / "first"
-    first.mkdir()
-    _run_cli(repo_root, first, "--trainer.max_epochs", "1")
-    last = first / "runs/alignment/tiny/checkpoints/last.ckpt"
-    resumed = _run_cli(repo_root, first, "--trainer.max_epochs", "2", "--ckpt_path", str(last))
-    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == full.trainer.global_step
+    os.chdir(tmp_path)
+    try:
+        cli = build_cli(["--config", str(repo_root / TINY)], run=False)
+        saver = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+        cli.trainer.callbacks.extend([saver, _CrashAtStep(crash_step)])
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        resumed = build_cli(["--config", str(repo_root / TINY)], run=False)
+        resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=tmp_path / "steps" / f"step={crash_step}.ckpt")
+    finally:
+        os.chdir(repo_root)
+    assert resumed.trainer.global_step == full.trainer.global_step
     expected, actual = _state(full.model), _state(resumed.model)
     assert expected.keys() == actual.keys()
     for key in expected:
@@ -115,7 +137,8 @@ def test_bad_matryoshka_dims_fail_before_training(repo_root, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_via_cli(repo_root, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    launcher_vars = {"MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "prismrl.cli", "fit", "--config", str(repo_root / TINY),
          "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1"],

@@ -1,0 +1,79 @@
+"""The built-in digits dataset as a DataModule, through the same Parquet / WebDataset code users run."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule
+
+from prismrl.data.digits import DIGIT_NAMES, ZERO_SHOT_TEMPLATES, DigitsDataset, ensure_digits_dataset
+from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from prismrl.datamodules.parquet import ParquetDataModule
+from prismrl.datamodules.webdataset import WebDataModule
+
+FORMATS = ("parquet", "webdataset")
+
+
+class DigitsDataModule(LightningDataModule):
+    """scikit-learn digits as captioned 32x32 grey images (see ``prismrl.data.digits``).
+
+    ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetDataModule``
+    (``format="parquet"``: image/caption/label columns) or a ``WebDataModule`` (``format="webdataset"``:
+    png/txt/json:label keys; ``samples_per_epoch`` defaults to the train split size).
+    ``class_names`` and ``zero_shot_templates`` are available right after ``__init__``.
+    """
+
+    def __init__(
+        self,
+        format: str = "parquet",
+        root: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 64,
+        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        image_std: tuple[float, float, float] = IMAGENET_STD,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if format not in FORMATS:
+            raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
+        self.format, self.root = format, root
+        self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.seed, self.samples_per_epoch = seed, samples_per_epoch
+        self.inner: ParquetDataModule | WebDataModule | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(DIGIT_NAMES)
+
+    @property
+    def zero_shot_templates(self) -> list[str]:
+        return list(ZERO_SHOT_TEMPLATES)
+
+    def prepare_data(self) -> None:
+        ensure_digits_dataset(self.root)
+
+    def _build_inner(self, files: DigitsDataset) -> ParquetDataModule | WebDataModule:
+        common = dict(class_names=self.class_names, batch_size=self.batch_size, num_workers=self.num_workers,
+                      image_size=self.image_size, image_mean=self.image_mean, image_std=self.image_std, seed=self.seed)
+        if self.format == "parquet":
+            return ParquetDataModule(train_path=str(files.train_parquet), val_path=str(files.val_parquet),
+                                     image_column="image", caption_column="caption", label_column="label", **common)
+        return WebDataModule(train_shards=files.train_shards, val_shards=files.val_shards, image_keys="png",
+                             caption_key="txt", label_key="json:label",
+                             samples_per_epoch=self.samples_per_epoch or files.num_train, **common)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.inner is None:
+            self.inner = self._build_inner(ensure_digits_dataset(self.root))
+        self.inner.trainer = self.trainer
+        self.inner.setup(stage)
+
+    def train_dataloader(self):
+        self.setup("fit")
+        return self.inner.train_dataloader()
+
+    def val_dataloader(self):
+        self.setup("validate")
+        return self.inner.val_dataloader()

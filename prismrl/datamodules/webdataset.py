@@ -1,0 +1,275 @@
+"""Image-caption(-label) data from WebDataset tar shards.
+
+Shards are split statically: rank r of W takes shards ``r, r + W, ...`` of the expanded list, and
+DataLoader worker k of K takes every K-th of those, so each shard is read by exactly one (rank, worker)
+per pass. Within that share, the shard order and a sample shuffle buffer are reseeded from
+(seed, rank, epoch, pass). Training streams repeat their share forever and ``EpochLoader`` cuts an epoch
+at ``samples_per_epoch // (world_size * batch_size)`` batches on every rank, so all ranks run the same
+number of steps even when their shards hold different numbers of samples. The epoch is the trainer's
+``current_epoch`` (or the loader's own iteration count without a trainer), written into the pipeline
+before the worker processes start. Validation is one sequential pass, split by shard across ranks when
+there are at least as many shards as ranks (else every rank reads all of it). Mid-epoch resume is not
+exact for this format: a resumed epoch restarts its stream from the epoch's beginning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import braceexpand
+import webdataset as wds
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from prismrl.data.collate import ImageTextSample, collate_image_text
+from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, decode_image
+from prismrl.data.loaders import resolve_rank_world
+
+_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://")
+
+
+def expand_shards(spec: str | list[str], field: str) -> list[str]:
+    """Brace-expand a pattern (or each of a list); every local path must exist."""
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{field}: expected a brace pattern string or a list of them, got {spec!r}")
+    urls = [url for pattern in patterns for url in braceexpand.braceexpand(pattern)]
+    local = [u for u in urls if not u.startswith(_REMOTE_PREFIXES)]
+    missing = [u for u in local if not os.path.isfile(u.removeprefix("file:"))]
+    if local and len(missing) == len(local):
+        raise FileNotFoundError(f"{field}: pattern {spec!r} matched no files (first expected: '{missing[0]}')")
+    if missing:
+        raise FileNotFoundError(
+            f"{field}: {len(missing)} of {len(urls)} shards of {spec!r} are missing, e.g. '{missing[0]}'"
+        )
+    return urls
+
+
+class RankSplitter:
+    """Pipeline stage: keep items ``rank, rank + world, ...`` (shards of this rank)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, source: Iterable[Any]) -> Iterator[Any]:
+        return islice(source, self.rank, None, self.world_size)
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    """``"json:label"`` -> ("json", "label"); ``"txt"`` -> ("txt", None)."""
+    ext, _, inner = key.partition(":")
+    return ext.lower(), (inner or None)
+
+
+class SampleDecoder:
+    """Raw WebDataset sample (``__key__`` + bytes per extension) -> ``ImageTextSample``."""
+
+    def __init__(self, image_keys: str, caption_key: str, label_key: str | None,
+                 num_classes: int | None, transform: ImageTransform) -> None:
+        self.image_keys = [k.strip().lower() for k in image_keys.split(";") if k.strip()]
+        self.caption_key, self.label_key = _split_key(caption_key), (_split_key(label_key) if label_key else None)
+        self.num_classes, self.transform = num_classes, transform
+
+    def _field(self, sample: dict[str, Any], spec: tuple[str, str | None], arg: str) -> Any:
+        ext, inner = spec
+        name = f"{ext}:{inner}" if inner else ext
+        if ext not in sample:
+            present = sorted(k for k in sample if not k.startswith("__"))
+            raise ValueError(f"sample '{sample.get('__key__')}' in {sample.get('__url__')}: {arg} '{name}' "
+                             f"is missing; keys present: {present}")
+        raw = sample[ext]
+        if inner is None:
+            return raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        record = json.loads(raw) if isinstance(raw, (bytes, bytearray, str)) else raw
+        if not isinstance(record, dict) or inner not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"sample '{sample.get('__key__')}': {arg} '{name}' not found; '{ext}' holds {keys}")
+        return record[inner]
+
+    def __call__(self, sample: dict[str, Any]) -> ImageTextSample:
+        key = str(sample.get("__key__"))
+        ext = next((k for k in self.image_keys if k in sample), None)
+        if ext is None:
+            present = sorted(k for k in sample if not k.startswith("__"))
+            raise ValueError(f"sample '{key}' in {sample.get('__url__')}: no image under image_keys "
+                             f"{self.image_keys}; keys present: {present}")
+        where = f"sample '{key}' key '{ext}'"
+        caption = str(self._field(sample, self.caption_key, "caption_key"))
+        if not caption.strip():
+            raise ValueError(f"sample '{key}': caption is empty")
+        label = -1
+        if self.label_key is not None:
+            value = self._field(sample, self.label_key, "label_key")
+            label = -1 if value is None else int(value)
+            if label < -1 or (self.num_classes is not None and label >= self.num_classes):
+                raise ValueError(f"sample '{key}': label {label} is outside [0, {self.num_classes}) (-1 = no class)")
+        return ImageTextSample(self.transform(decode_image(sample[ext], where), where), caption, label, key)
+
+
+class EpochShuffle(wds.PipelineStage):
+    """Buffer shuffle seeded by ``(seed, epoch, pass)``; ``pass`` counts repeats of the stream in an epoch.
+
+    Items fill a buffer of ``bufsize``; each new item replaces a uniformly drawn buffered one, which is
+    emitted; the rest is emitted shuffled at the end. With ``bufsize >= len(stream)`` this is a uniform
+    permutation (used for the shard list).
+    """
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed, self.epoch, self.passes = max(1, bufsize), seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.passes = epoch, 0
+
+    def run(self, source: Iterable[Any]) -> Iterator[Any]:
+        rng = random.Random(f"{self.seed}:{self.epoch}:{self.passes}")
+        self.passes += 1
+        buffer: list[Any] = []
+        for item in source:
+            if len(buffer) < self.bufsize:
+                buffer.append(item)
+                continue
+            k = rng.randrange(self.bufsize)
+            yield buffer[k]
+            buffer[k] = item
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+class EpochLoader(DataLoader):
+    """A ``DataLoader`` over an endless batch pipeline that yields ``num_batches`` batches per iteration.
+
+    Before each iteration it sets the epoch on the pipeline's ``EpochShuffle`` stages (workers are
+    created afterwards, so they receive it): ``epoch_fn()`` when given (the trainer's ``current_epoch``),
+    else the number of earlier iterations.
+    """
+
+    def __init__(self, dataset: wds.DataPipeline, num_batches: int, num_workers: int = 0,
+                 epoch_fn: Callable[[], int] | None = None) -> None:
+        super().__init__(dataset, batch_size=None, num_workers=num_workers)
+        self.num_batches, self.epoch_fn, self.iterations = num_batches, epoch_fn, 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.iterations
+        self.iterations += 1
+        for stage in self.dataset.pipeline:
+            if isinstance(stage, EpochShuffle):
+                stage.set_epoch(epoch)
+        return islice(super().__iter__(), self.num_batches)
+
+
+class WebDataModule(LightningDataModule):
+    """``ImageTextBatch`` batches from WebDataset shards (see the module docstring for the splitting).
+
+    ``caption_key`` / ``label_key`` name a file extension (``"txt"``) or a field of a JSON member
+    (``"json:label"``). ``samples_per_epoch`` is required for training: each rank yields
+    ``samples_per_epoch // (world_size * batch_size)`` batches per epoch.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        image_keys: str = "jpg;png;jpeg;webp",
+        caption_key: str = "txt",
+        label_key: str | None = "json:label",
+        class_names: list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        samples_per_epoch: int | None = None,
+        image_size: int = 224,
+        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        image_std: tuple[float, float, float] = IMAGENET_STD,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        limits = (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("shuffle_buffer", shuffle_buffer, 0))
+        for name, value, low in limits:
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        if samples_per_epoch is not None and (not isinstance(samples_per_epoch, int) or samples_per_epoch < 1):
+            raise ValueError(f"samples_per_epoch: expected a positive int or None, got {samples_per_epoch!r}")
+        self.train_spec, self.val_spec = train_shards, val_shards
+        self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
+        self.samples_per_epoch, self.seed = samples_per_epoch, seed
+        self._class_names = list(class_names) if class_names is not None else None
+        self.transform = ImageTransform(image_size, image_mean, image_std)
+        self.decoder = SampleDecoder(image_keys, caption_key, label_key,
+                                     len(class_names) if class_names is not None else None, self.transform)
+        self.train_urls: list[str] | None = None
+        self.val_urls: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self._class_names
+
+    def setup(self, stage: str | None = None) -> None:
+        """Expand and check the shard patterns (FileNotFoundError names the field and pattern)."""
+        if self.train_urls is None:
+            self.train_urls = expand_shards(self.train_spec, "train_shards")
+        if self.val_spec is not None and self.val_urls is None:
+            self.val_urls = expand_shards(self.val_spec, "val_shards")
+
+    def batches_per_epoch(self, world_size: int) -> int:
+        """``samples_per_epoch // (world_size * batch_size)`` batches on every rank."""
+        if self.samples_per_epoch is None:
+            raise ValueError("samples_per_epoch: required for training on WebDataset shards (a fixed epoch length "
+                             "keeps every rank at the same number of steps), got None")
+        batches = self.samples_per_epoch // (world_size * self.batch_size)
+        if batches == 0:
+            raise ValueError(f"batch_size: {self.batch_size} x world_size {world_size} exceeds samples_per_epoch "
+                             f"{self.samples_per_epoch}, which would give 0 batches per epoch")
+        return batches
+
+    def train_pipeline(self, rank: int, world_size: int) -> wds.DataPipeline:
+        """Endless stream of batches for one rank (split further by DataLoader worker)."""
+        self.setup("fit")
+        if len(self.train_urls) < world_size:
+            raise ValueError(f"train_shards: {len(self.train_urls)} shards cannot feed {world_size} ranks; "
+                             "write at least one shard per rank")
+        stages: list[Any] = [
+            wds.SimpleShardList(self.train_urls),
+            RankSplitter(rank, world_size),
+            wds.split_by_worker,
+            EpochShuffle(len(self.train_urls), seed=self.seed),
+            wds.tarfile_to_samples(),
+        ]
+        if self.shuffle_buffer > 1:
+            stages.append(EpochShuffle(self.shuffle_buffer, seed=self.seed * 1_000_003 + rank + 1))
+        stages += [wds.map(self.decoder), wds.batched(self.batch_size, collation_fn=collate_image_text, partial=False)]
+        return wds.DataPipeline(*stages).repeat()
+
+    def make_train_loader(self, rank: int, world_size: int, epoch_fn: Callable[[], int] | None = None) -> EpochLoader:
+        return EpochLoader(self.train_pipeline(rank, world_size), self.batches_per_epoch(world_size),
+                           self.num_workers, epoch_fn)
+
+    def make_val_loader(self, rank: int, world_size: int) -> DataLoader:
+        self.setup("validate")
+        if self.val_urls is None:
+            raise ValueError("val_shards: no validation shards were given")
+        splitter = RankSplitter(rank, world_size) if len(self.val_urls) >= world_size else None
+        dataset = wds.WebDataset(self.val_urls, shardshuffle=False, nodesplitter=splitter,
+                                 workersplitter=wds.split_by_worker, empty_check=False)
+        dataset = dataset.map(self.decoder).batched(self.batch_size, collation_fn=collate_image_text, partial=True)
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
+
+    def _current_epoch(self) -> int:
+        return int(self.trainer.current_epoch)
+
+    def train_dataloader(self) -> EpochLoader:
+        epoch_fn = self._current_epoch if self.trainer is not None else None
+        return self.make_train_loader(*resolve_rank_world(self.trainer), epoch_fn=epoch_fn)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_spec is None:
+            return []
+        return self.make_val_loader(*resolve_rank_world(self.trainer))
