@@ -8,6 +8,8 @@ Float64 keeps the comparison about the math, not about the summation order of fl
 
 from __future__ import annotations
 
+import os
+
 from datetime import timedelta
 from pathlib import Path
 
@@ -97,8 +99,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.manual_seed(100 + rank)
         results["sampled"] = [next(iter(mrl(image, text).per_dim)) for _ in range(6)]
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Leave without interpreter teardown: gloo's background threads can abort a worker at exit
+    # ("terminate called without an active exception") after all of its work is done and saved.
+    os._exit(0)
 
 
 def test_local_loss_with_gather_matches_single_process(tmp_path: Path) -> None:
