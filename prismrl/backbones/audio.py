@@ -1,0 +1,119 @@
+"""Audio encoder over the transformers Whisper encoder, with log-mel features from Whisper's feature extractor.
+
+waveforms (mono, any sample rate) -> resample to 16 kHz -> log-mel [B, n_mels, 2 * max_source_positions]
+-> Whisper encoder (conv stride 2) -> tokens [B, max_source_positions, D] with a mask of the frames that hold
+audio (the rest is the extractor's zero padding) -> pooled = masked mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone
+from prismrl.backbones.pooling import EncoderOutput, masked_mean
+from prismrl.backbones.shipped import check_exactly_one, pretrained_kwargs, resolve_model_path, tiny_hf_config
+
+WHISPER_SAMPLING_RATE = 16_000
+WHISPER_HOP_LENGTH = 160
+
+
+def to_mono_16k(waveform: np.ndarray | Tensor, sampling_rate: int, where: str = "waveform") -> np.ndarray:
+    """A float32 mono waveform at 16 kHz.
+
+    Accepts [N] or channel-first [C, N] (C <= 8; channels are averaged). Other rates are resampled with a
+    polyphase filter. Empty audio is an error: it has no frame to encode.
+    """
+    audio = waveform.detach().cpu().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
+    if audio.ndim == 2 and audio.shape[0] <= 8:
+        audio = audio.mean(axis=0)
+    if audio.ndim != 1:
+        raise ValueError(f"{where}: expected a mono [N] or channel-first [C, N] waveform, received shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError(f"{where}: expected at least one audio sample, received an empty waveform")
+    if not isinstance(sampling_rate, int) or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate: expected a positive int in Hz, received {sampling_rate!r}")
+    audio = audio.astype(np.float32)
+    if sampling_rate != WHISPER_SAMPLING_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(sampling_rate, WHISPER_SAMPLING_RATE)
+        audio = resample_poly(audio, WHISPER_SAMPLING_RATE // g, sampling_rate // g).astype(np.float32)
+    return audio
+
+
+class WhisperAudioEncoder(nn.Module):
+    """Whisper encoder as a prismrl backbone: ``encode(waveforms, sampling_rate) -> EncoderOutput``.
+
+    Args:
+        model_name_or_path: a Whisper checkpoint (full model; only its encoder is kept).
+        tiny_config: kwargs of a ``WhisperConfig`` (``model_type: whisper``) for a random-init encoder.
+        lora, freeze, gradient_checkpointing: as for the other encoders.
+    The clip length is the model's: 2 * max_source_positions frames of 10 ms (30 s for real Whisper);
+    longer audio is truncated, shorter audio is zero-padded and masked.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        tiny_config: dict | None = None,
+        lora: LoraSettings | None = None,
+        freeze: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        from transformers import WhisperFeatureExtractor, WhisperModel
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        check_exactly_one(model_name_or_path, tiny_config)
+        if tiny_config is not None:
+            config = tiny_hf_config(tiny_config)
+            if config.model_type != "whisper":
+                raise ValueError(f"tiny_config.model_type: expected 'whisper', received {config.model_type!r}")
+            encoder = WhisperEncoder(config)
+        else:
+            path = resolve_model_path(model_name_or_path)
+            encoder = WhisperModel.from_pretrained(path, **pretrained_kwargs(path)).get_encoder()
+            config = encoder.config
+        self.config = config
+        self.num_frames = 2 * config.max_source_positions
+        chunk_seconds = self.num_frames * WHISPER_HOP_LENGTH / WHISPER_SAMPLING_RATE
+        self.feature_extractor = WhisperFeatureExtractor(
+            feature_size=config.num_mel_bins, sampling_rate=WHISPER_SAMPLING_RATE, hop_length=WHISPER_HOP_LENGTH,
+            chunk_length=int(chunk_seconds) if float(chunk_seconds).is_integer() else chunk_seconds,
+        )
+        self.model = prepare_hf_backbone(encoder, lora=lora, freeze=freeze, gradient_checkpointing=gradient_checkpointing)
+        self.hidden_size = int(config.d_model)
+
+    def featurize(self, waveforms: Sequence[np.ndarray | Tensor], sampling_rate: int = WHISPER_SAMPLING_RATE) -> dict[str, Tensor]:
+        """Log-mel features [B, n_mels, F] and frame mask [B, F] (True = audio) for a list of waveforms."""
+        if len(waveforms) == 0:
+            raise ValueError("waveforms: expected at least one waveform, received an empty list")
+        audio = [to_mono_16k(w, sampling_rate, where=f"waveforms[{i}]") for i, w in enumerate(waveforms)]
+        features = self.feature_extractor(
+            audio, sampling_rate=WHISPER_SAMPLING_RATE, return_tensors="pt", return_attention_mask=True,
+            padding="max_length", max_length=self.num_frames * WHISPER_HOP_LENGTH, truncation=True,
+        )
+        return {"input_features": features.input_features, "feature_mask": features.attention_mask.bool()}
+
+    def forward(self, input_features: Tensor, feature_mask: Tensor | None = None) -> EncoderOutput:
+        """input_features: [B, n_mels, F]; feature_mask: [B, F] bool -> tokens [B, F/2, D], mask [B, F/2]."""
+        expected = (self.config.num_mel_bins, self.num_frames)
+        if input_features.dim() != 3 or tuple(input_features.shape[1:]) != expected:
+            raise ValueError(f"input_features: expected shape [B, {expected[0]}, {expected[1]}], received {tuple(input_features.shape)}")
+        tokens = self.model(input_features=input_features).last_hidden_state  # [B, F/2, D]
+        mask = None
+        if feature_mask is not None:
+            mask = feature_mask[:, ::2].to(tokens.device)  # the stride-2 conv halves the frame rate
+            mask[:, 0] = True  # every clip keeps at least one token
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
+
+    def encode(self, waveforms: Sequence[np.ndarray | Tensor], sampling_rate: int = WHISPER_SAMPLING_RATE) -> EncoderOutput:
+        """featurize + forward on the module's device."""
+        device = next(self.parameters()).device
+        inputs = self.featurize(waveforms, sampling_rate)
+        return self(inputs["input_features"].to(device), inputs["feature_mask"].to(device))
