@@ -94,7 +94,9 @@ def prepare_hf_backbone(
     """Shared encoder set-up: gradient checkpointing, then LoRA or freezing.
 
     freeze=True with LoRA is refused: LoRA already freezes the base weights, and freezing the
-    adapters too would leave nothing to train.
+    adapters too would leave nothing to train. ``from_pretrained`` returns models in eval mode and
+    Lightning keeps each submodule's mode, so a trainable encoder is put in train mode here (dropout on)
+    and a frozen one in eval mode (deterministic features).
     """
     from prismrl.backbones.freezing import freeze as freeze_module
 
@@ -113,7 +115,7 @@ def prepare_hf_backbone(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if lora is not None:
-        return apply_lora(model, lora)
+        return apply_lora(model, lora).train()
     if freeze:
         freeze_module(model)
-    return model
+    return model.train(not freeze)

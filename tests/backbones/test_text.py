@@ -141,3 +141,12 @@ def test_every_parameter_gets_a_gradient(model_type):
     enc = HFTextEncoder(tiny_config=tiny_text_config(model_type))
     enc.encode(["a dog", LONG]).pooled.pow(2).sum().backward()
     assert [n for n, p in enc.named_parameters() if p.grad is None] == []
+
+
+def test_pretrained_encoder_trains_with_dropout_unless_frozen():
+    from prismrl.backbones.text import HFTextEncoder
+
+    trainable = HFTextEncoder(model_name_or_path="shipped:all-minilm-l6-v2")
+    frozen = HFTextEncoder(model_name_or_path="shipped:all-minilm-l6-v2", freeze=True)
+    assert all(m.training for m in trainable.model.modules())  # from_pretrained alone would leave dropout off
+    assert not any(m.training for m in frozen.model.modules())
