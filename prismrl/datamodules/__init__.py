@@ -2,6 +2,7 @@
 
 from prismrl.datamodules.digits import DigitsDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
+from prismrl.datamodules.text_corpus import TextCorpusDataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
-__all__ = ["DigitsDataModule", "ParquetDataModule", "WebDataModule"]
+__all__ = ["DigitsDataModule", "ParquetDataModule", "TextCorpusDataModule", "WebDataModule"]

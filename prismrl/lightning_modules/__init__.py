@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"AlignmentModule": "prismrl.lightning_modules.alignment"}
+_LAZY = {
+    "AlignmentModule": "prismrl.lightning_modules.alignment",
+    "MaskedLMModule": "prismrl.lightning_modules.masked_lm",
+}
 
 __all__ = list(_LAZY)
 
