@@ -1,6 +1,7 @@
 """Shared encoder backbones: text / vision / CNN encoders, pooling, projection, towers, LoRA."""
 
 from prismrl.backbones.cnn import EfficientNetLiteEncoder
+from prismrl.backbones.fusion import CrossModalFusion
 from prismrl.backbones.freezing import count_parameters, freeze, set_requires_grad, unfreeze
 from prismrl.backbones.lora import LoraSettings, apply_lora
 from prismrl.backbones.pooling import AttentionPool, EncoderOutput, masked_mean
@@ -15,6 +16,7 @@ __all__ = [
     "EfficientNetLiteEncoder",
     "EmbeddingTower",
     "EncoderOutput",
+    "CrossModalFusion",
     "HFTextEncoder",
     "HFVisionEncoder",
     "LoraSettings",

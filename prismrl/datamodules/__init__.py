@@ -1,8 +1,9 @@
 """LightningDataModules: Parquet, WebDataset shards, and the built-in digits dataset."""
 
 from prismrl.datamodules.digits import DigitsDataModule
+from prismrl.datamodules.fusion import FusionDigitsDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.text_corpus import TextCorpusDataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
-__all__ = ["DigitsDataModule", "ParquetDataModule", "TextCorpusDataModule", "WebDataModule"]
+__all__ = ["DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "TextCorpusDataModule", "WebDataModule"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
+    "ActorCriticModule": "prismrl.lightning_modules.actor_critic",
     "AlignmentModule": "prismrl.lightning_modules.alignment",
     "MaskedLMModule": "prismrl.lightning_modules.masked_lm",
 }

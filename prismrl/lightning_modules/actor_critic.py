@@ -1,0 +1,288 @@
+"""Supervised + actor-critic training of text and vision encoders through cross-modal fusion (Gennet).
+
+One training step:
+    s        = CrossModalFusion(text_encoder(captions).tokens, vision_encoder(pixels).tokens)   # [B, H]
+    a ~ pi(.|s), V(s), s' = s + E[a]                              (ActorCriticHead; argmax a at eval)
+    r        = 1 if a == label else wrong_action_reward           (or the batch's ``rewards`` [B] / [B, T])
+    L_sup    = CE(classifier(s'), label)
+    L_rl     = -mean(A log pi(a|s)) + value_coef * mean((V(s) - G)^2) - entropy_coef * mean(H(pi)),  A = G - V(s)
+    loss     = supervised_weight * L_sup [supervised, combined] + rl_weight * L_rl [rl, combined]
+``modalities`` "text" / "image" run only one encoder; the fusion gets that stream alone (ablations).
+Validation reports {val}/acc and f1_macro of the mode's predictor (classifier; greedy policy in "rl"),
+plus the greedy policy's mean reward, the policy entropy and the losses (loss, loss_supervised, loss_policy,
+loss_value), under the same names as the training logs (train/..., per step).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from prismrl.backbones.fusion import CrossModalFusion
+from prismrl.data.loaders import load_pending_dataloader_states
+from prismrl.lightning_modules.alignment import _built_from_config
+from prismrl.optim import decay_groups, warmup_cosine_scheduler
+from prismrl.rl.actor_critic import ActorCriticHead, ActorCriticOutput, actor_critic_losses, match_rewards, returns_from_rewards
+
+
+class TrainingMode(str, Enum):
+    """Which loss terms train the model."""
+
+    SUPERVISED = "supervised"
+    RL = "rl"
+    COMBINED = "combined"
+
+
+# mode -> (supervised term active, rl term active)
+MODE_TERMS: dict[TrainingMode, tuple[bool, bool]] = {
+    TrainingMode.SUPERVISED: (True, False),
+    TrainingMode.RL: (False, True),
+    TrainingMode.COMBINED: (True, True),
+}
+
+
+class Modalities(str, Enum):
+    """Which input streams reach the fusion."""
+
+    BOTH = "both"
+    TEXT = "text"
+    IMAGE = "image"
+
+
+def _parse(enum: type[Enum], value: Any, field: str) -> Any:
+    try:
+        return enum(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        raise ValueError(f"{field}: expected one of {[m.value for m in enum]}, received {value!r}") from None
+
+
+def _field(batch: Any, name: str) -> Any:
+    return batch.get(name) if isinstance(batch, dict) else getattr(batch, name, None)
+
+
+class ActorCriticModule(LightningModule):
+    """Text + vision encoders -> CrossModalFusion -> ActorCriticHead -> optional classifier (see module docstring).
+
+    Args:
+        text_encoder: ``HFTextEncoder``-like (``encode(list[str])`` -> tokens/mask, ``hidden_size``); unused and
+            dropped when ``modalities="image"``.
+        vision_encoder: ``HFVisionEncoder`` / ``EfficientNetLiteEncoder``-like (``pixels -> tokens``, ``hidden_size``);
+            dropped when ``modalities="text"``.
+        num_classes: classifier outputs; None = no classifier (then only mode "rl").
+        num_actions: policy outputs (default num_classes; the default reward compares actions with labels).
+        mode: "supervised" | "rl" | "combined"; ``module.mode = ...`` switches it at run time (validated).
+        modalities: "both" | "text" | "image".
+        supervised_weight, rl_weight: weights of L_sup and L_rl.
+        fusion_dim, fusion_heads, fusion_layers, dropout: CrossModalFusion settings (state width = fusion_dim).
+        gamma: discount for ``rewards [B, T]`` batches; entropy_coef, value_coef, normalize_advantages: L_rl.
+        wrong_action_reward: default reward of a wrong action (0; e.g. -1 as a penalty).
+        text_encoder_checkpoint: a DAP folder (``MaskedLMModule.export_encoder``) whose weights and tokenizer
+            replace the text encoder's (model type, vocab and width must match).
+        lr, encoder_lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW (encoders in their own group at
+            ``encoder_lr``) + per-step warmup-cosine.
+    """
+
+    def __init__(
+        self,
+        text_encoder: nn.Module | None = None,
+        vision_encoder: nn.Module | None = None,
+        num_classes: int | None = 10,
+        num_actions: int | None = None,
+        mode: str = "supervised",
+        modalities: str = "both",
+        supervised_weight: float = 1.0,
+        rl_weight: float = 1.0,
+        fusion_dim: int = 256,
+        fusion_heads: int = 4,
+        fusion_layers: int = 2,
+        dropout: float = 0.1,
+        gamma: float = 0.99,
+        entropy_coef: float = 0.01,
+        value_coef: float = 0.5,
+        normalize_advantages: bool = True,
+        wrong_action_reward: float = 0.0,
+        text_encoder_checkpoint: str | None = None,
+        lr: float = 1e-3,
+        encoder_lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.1,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if _built_from_config() else ["text_encoder", "vision_encoder"])
+        self.modalities = _parse(Modalities, modalities, "modalities")
+        uses_text, uses_image = self.modalities != Modalities.IMAGE, self.modalities != Modalities.TEXT
+        for name, encoder, needed in (("text_encoder", text_encoder, uses_text), ("vision_encoder", vision_encoder, uses_image)):
+            if needed and not isinstance(getattr(encoder, "hidden_size", None), int):
+                raise TypeError(f"{name}: modalities={self.modalities.value!r} needs a module with an int `hidden_size`, "
+                                f"received {type(encoder).__name__}")
+        if uses_text and not callable(getattr(text_encoder, "encode", None)):
+            raise TypeError(f"text_encoder: expected a module with encode(list[str]), received {type(text_encoder).__name__}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+            raise ValueError(f"num_classes: expected an int >= 2 or None, received {num_classes!r}")
+        if num_actions is None and num_classes is None:
+            raise ValueError("num_actions: expected an int >= 2 when num_classes is None, received None")
+        self.text_encoder = text_encoder if uses_text else None
+        self.vision_encoder = vision_encoder if uses_image else None
+        if text_encoder_checkpoint is not None:
+            if self.text_encoder is None:
+                raise ValueError("text_encoder_checkpoint: modalities='image' uses no text encoder to load it into")
+            from prismrl.lightning_modules.masked_lm import load_dap_encoder_into
+
+            try:
+                load_dap_encoder_into(self.text_encoder, text_encoder_checkpoint)
+            except (ValueError, TypeError, OSError) as err:
+                raise type(err)(f"text_encoder_checkpoint: cannot load {text_encoder_checkpoint!r}: {err}") from err
+        self.fusion = CrossModalFusion(
+            text_encoder.hidden_size if uses_text else fusion_dim, vision_encoder.hidden_size if uses_image else fusion_dim,
+            fusion_dim, fusion_heads, fusion_layers, dropout,
+        )
+        self.num_classes, self.num_actions = num_classes, num_actions or num_classes
+        self.head = ActorCriticHead(fusion_dim, self.num_actions)
+        self.classifier = nn.Sequential(nn.LayerNorm(fusion_dim), nn.Linear(fusion_dim, num_classes)) if num_classes else None
+        self.mode = mode
+        metric_classes = num_classes or self.num_actions
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": metric(num_classes=metric_classes, average=average)
+            for stage in ("val", "test")
+            for name, metric, average in (("acc", MulticlassAccuracy, "micro"), ("f1_macro", MulticlassF1Score, "macro"))
+        })
+
+    # ----- mode (a callback may switch it) -----
+    @property
+    def mode(self) -> str:
+        return self._mode.value
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        parsed = _parse(TrainingMode, value, "mode")
+        if MODE_TERMS[parsed][0] and self.classifier is None:
+            raise ValueError(f"mode: {parsed.value!r} trains a classifier, but num_classes is None; use mode 'rl'")
+        self._mode = parsed
+
+    # ----- forward -----
+    def fuse(self, batch: Any) -> Tensor:
+        """The fused state ``[B, fusion_dim]`` of a batch with ``captions`` and/or ``pixel_values``."""
+        text = vision = None
+        if self.text_encoder is not None:
+            captions = _field(batch, "captions")
+            if not isinstance(captions, (list, tuple)) or not captions or not all(isinstance(c, str) for c in captions):
+                raise ValueError(f"batch.captions: modalities={self.modalities.value!r} needs a non-empty list of str, "
+                                 f"received {type(captions).__name__}")
+            text = self.text_encoder.encode(list(captions))
+        if self.vision_encoder is not None:
+            pixels = _field(batch, "pixel_values")
+            if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+                raise ValueError(f"batch.pixel_values: modalities={self.modalities.value!r} needs a [B, 3, H, W] tensor, "
+                                 f"received {getattr(pixels, 'shape', type(pixels).__name__)}")
+            vision = self.vision_encoder(pixels)
+        return self.fusion(
+            text.tokens if text is not None else None, vision.tokens if vision is not None else None,
+            text.mask if text is not None else None, vision.mask if vision is not None else None,
+        )
+
+    def forward(self, batch: Any, greedy: bool | None = None) -> tuple[ActorCriticOutput, Tensor | None]:
+        """(ActorCriticOutput, classifier logits ``[B, num_classes]`` or None)."""
+        out = self.head(self.fuse(batch), greedy=greedy)
+        return out, self.classifier(out.reasoned_state) if self.classifier is not None else None
+
+    # ----- losses -----
+    def _labels(self, batch: Any, batch_size: int, required: bool) -> Tensor | None:
+        labels = _field(batch, "labels")
+        if labels is None or labels.numel() == 0 or (not required and bool((labels < 0).all())):
+            if required:
+                raise ValueError(f"batch.labels: mode {self.mode!r} needs class ids [{batch_size}], received none")
+            return None
+        upper = min(self.num_classes or self.num_actions, self.num_actions)
+        if labels.shape != (batch_size,) or labels.dtype != torch.long:
+            raise ValueError(f"batch.labels: expected a long tensor of shape [{batch_size}], received {labels.dtype} {tuple(labels.shape)}")
+        bad = ((labels < 0) | (labels >= upper)).nonzero().flatten()
+        if len(bad):
+            raise ValueError(f"batch.labels: expected class ids in [0, {upper}), received {int(labels[bad[0]])} "
+                             f"at position {int(bad[0])}")
+        return labels
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        out, class_logits = self(batch)
+        batch_size = out.actions.shape[0]
+        rewards = _field(batch, "rewards")
+        use_sup, use_rl = MODE_TERMS[self._mode]
+        labels = self._labels(batch, batch_size, required=use_sup or rewards is None)
+        if rewards is None:
+            returns = match_rewards(out.actions, labels, self.hparams.wrong_action_reward)  # [B] one-step bandit
+        else:
+            returns = returns_from_rewards(rewards, batch_size, self.hparams.gamma, _field(batch, "dones"))
+        returns = returns.to(out.values.device)
+        hp = self.hparams
+        rl = actor_critic_losses(out.log_probs, out.values.float(), returns.float(), out.entropy, hp.normalize_advantages,
+                                 hp.entropy_coef, hp.value_coef)
+        logged = {"reward": returns.mean(), "entropy": rl.entropy, "loss_value": rl.value, "loss_policy": rl.policy}
+        total = rl.total.new_zeros(())
+        if use_rl:
+            total = total + hp.rl_weight * rl.total
+        if class_logits is not None and labels is not None:
+            logged["loss_supervised"] = F.cross_entropy(class_logits.float(), labels)
+            if use_sup:
+                total = total + hp.supervised_weight * logged["loss_supervised"]
+        logged["loss"] = total
+        on_step = stage == "train"
+        for name, value in logged.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_step=on_step, on_epoch=not on_step,
+                     batch_size=batch_size, sync_dist=not on_step)
+        if stage != "train" and labels is not None:
+            predictions = out.actions if self._mode == TrainingMode.RL or class_logits is None else class_logits.argmax(-1)
+            for name in ("acc", "f1_macro"):
+                metric = self.metrics[f"{stage}_{name}"]
+                metric.update(predictions, labels)
+                self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", batch_size=batch_size)
+        return total
+
+    # ----- Lightning hooks -----
+    def on_train_start(self) -> None:
+        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume despite estimated_stepping_batches
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        out, class_logits = self(batch, greedy=True)
+        result = {"actions": out.actions, "values": out.values, "policy_probs": out.logits.softmax(-1)}
+        if class_logits is not None:
+            result["class_probs"] = class_logits.softmax(-1)
+        return result
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        encoders = {id(p) for enc in (self.text_encoder, self.vision_encoder) if enc is not None for p in enc.parameters()}
+        head = [(n, p) for n, p in self.named_parameters() if id(p) not in encoders]
+        encoder = [(n, p) for n, p in self.named_parameters() if id(p) in encoders]
+        groups = decay_groups(head, hp.weight_decay, hp.lr, ("bias", "norm")) + decay_groups(encoder, hp.weight_decay, hp.encoder_lr)
+        if not groups:
+            raise ValueError("ActorCriticModule: no trainable parameters")
+        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
+        scheduler = warmup_cosine_scheduler(optimizer, int(self.trainer.estimated_stepping_batches), hp.warmup_ratio, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["prismrl_actor_critic"] = {"mode": self.mode, "configured_mode": self._configured_mode()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("prismrl_actor_critic", {})
+        if saved.get("configured_mode") == self._configured_mode():  # same run config: keep a mode a callback switched to
+            self.mode = saved["mode"]
+
+    def _configured_mode(self) -> str:
+        return _parse(TrainingMode, self.hparams.mode, "mode").value

@@ -1,0 +1,133 @@
+"""End to end: `prismrl fit --config configs/actor_critic/tiny.yaml` in every mode, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from prismrl.cli import build_cli
+
+TINY = "configs/actor_critic/tiny.yaml"
+RUN = "runs/actor_critic/tiny"
+
+
+def _cli(repo_root: Path, workdir: Path, *args: str, run: bool = True):
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        return build_cli([*(["fit"] if run else []), "--config", str(repo_root / TINY), *args], run=run)
+    finally:
+        os.chdir(cwd)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def runs(repo_root, tmp_path_factory):
+    """One uninterrupted 2-epoch run per mode: {mode: (workdir, cli)}."""
+    out = {}
+    for mode in ("supervised", "rl", "combined"):
+        workdir = tmp_path_factory.mktemp(mode)
+        out[mode] = (workdir, _cli(repo_root, workdir, "--model.init_args.mode", mode))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["supervised", "rl", "combined"])
+def test_every_mode_trains_and_writes_checkpoints_and_metrics(runs, mode):
+    workdir, cli = runs[mode]
+    assert cli.model.mode == mode
+    checkpoints = {p.name for p in (workdir / RUN / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 8 and last["prismrl_actor_critic"]["mode"] == mode
+    with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for name in ("val/acc", "val/f1_macro", "val/reward", "val/entropy", "val/loss_value", "train/loss_policy", "train/reward"):
+        assert any(row.get(name) for row in rows), f"{name} missing"
+    assert any(row.get("train/loss_supervised") for row in rows)
+    assert 0.0 <= cli.trainer.callback_metrics["val/acc"].item() <= 1.0
+    assert (workdir / RUN / "logs/tiny/plots/loss_components.png").is_file()
+    optimizer = cli.trainer.optimizers[0]
+    assert {group["initial_lr"] for group in optimizer.param_groups} == {3.0e-3, 1.0e-3}  # head lr, encoder lr
+
+
+def test_modes_train_different_things(repo_root, runs):
+    """supervised leaves the policy at its initialization, rl leaves the classifier there; combined moves both."""
+    fresh = _cli(repo_root, runs["rl"][0], run=False).model.state_dict()  # seed_everything: the runs' initial weights
+    trained = {mode: runs[mode][1].model.state_dict() for mode in runs}
+    policy = [k for k in fresh if k.startswith("head.policy")]
+    classifier = [k for k in fresh if k.startswith("classifier")]
+    assert policy and classifier
+    for key in policy:
+        torch.testing.assert_close(trained["supervised"][key], fresh[key], msg=key)
+    for key in classifier:
+        torch.testing.assert_close(trained["rl"][key], fresh[key], msg=key)
+    for mode, keys in (("rl", policy), ("combined", policy), ("supervised", classifier), ("combined", classifier)):
+        assert any(not torch.equal(trained[mode][k], fresh[k]) for k in keys), (mode, keys[0])
+
+
+class _CrashAtStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("crash_step", [4, 6])  # at the epoch boundary (4 steps/epoch) and mid-epoch
+def test_resume_after_a_crash_matches_uninterrupted_run(repo_root, tmp_path, runs, crash_step):
+    _, full = runs["combined"]  # sampled actions and dropout: the RNG and data position must both resume
+    args = ("--model.init_args.mode", "combined")
+    cli = _cli(repo_root, tmp_path, *args, run=False)
+    saver = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    cli.trainer.callbacks.extend([saver, _CrashAtStep(crash_step)])
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        resumed = _cli(repo_root, tmp_path, *args, run=False)
+        resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=tmp_path / "steps" / f"step={crash_step}.ckpt")
+    finally:
+        os.chdir(repo_root)
+    assert resumed.trainer.global_step == full.trainer.global_step
+    expected, actual = _state(full.model), _state(resumed.model)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+class _SwitchMode(Callback):
+    """What the staged-unfreezing callback does in its last stage: switch the objective at an epoch."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            pl_module.mode = "combined"
+
+
+def test_runtime_mode_switch_is_checkpointed(repo_root, tmp_path):
+    from prismrl.lightning_modules.actor_critic import ActorCriticModule
+
+    cli = _cli(repo_root, tmp_path, run=False)
+    cli.trainer.callbacks.append(_SwitchMode())
+    os.chdir(tmp_path)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    finally:
+        os.chdir(repo_root)
+    last = tmp_path / RUN / "checkpoints/last.ckpt"
+    assert ActorCriticModule.load_from_checkpoint(last).mode == "combined"  # same config: the switched mode
+    assert ActorCriticModule.load_from_checkpoint(last, mode="rl").mode == "rl"  # a new configured mode wins
+
+
+def test_bad_mode_fails_before_training(repo_root, tmp_path):
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        _cli(repo_root, tmp_path, "--model.init_args.mode", "ppo")
+    assert not (tmp_path / RUN / "checkpoints").exists()
