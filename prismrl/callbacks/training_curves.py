@@ -76,7 +76,7 @@ class TrainingCurvesCallback(Callback):
         loss_component_prefix: str = "train/loss_",
         train_loss_key: str = "train/loss",
         val_loss_key: str = "val/loss",
-        val_metric_prefixes: Sequence[str] = ("val/recall", "val/zero_shot"),
+        val_metric_prefixes: Sequence[str] = ("val/recall", "val/mean_recall", "val/zero_shot"),
         log_images: bool = True,
     ) -> None:
         super().__init__()

@@ -185,23 +185,7 @@ def digits_cache_path(root: str | Path | None = None, val_fraction: float = 0.2,
 def ensure_digits_dataset(root: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0) -> DigitsDataset:
     """Return the cached digits dataset, building it (about a second) if it is not there yet."""
     final = digits_cache_path(root, val_fraction, seed)
-    if (final / _MANIFEST).is_file():
-        return _dataset_at(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; the published cache is readable like any other
-        _build(tmp, val_fraction, seed)
-        if final.exists() and not (final / _MANIFEST).is_file():
-            shutil.rmtree(final, ignore_errors=True)  # not published by a builder: a damaged copy
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _MANIFEST).is_file():  # the rename lost to no complete copy: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _dataset_at(final)
+    return _dataset_at(publish_cache_dir(final, lambda tmp: _build(tmp, val_fraction, seed), _MANIFEST))
 
 
 __all__ = [

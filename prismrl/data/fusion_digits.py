@@ -160,23 +160,7 @@ def ensure_fusion_digits(root: str | Path | None = None, config: FusionDigitsCon
     """Return the cached fusion digits set, building it (about a second) if it is not there yet."""
     config = config or FusionDigitsConfig()
     final = fusion_digits_cache_path(root, config)
-    if (final / _MANIFEST).is_file():
-        return _dataset_at(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        _build(tmp, config)
-        if final.exists() and not (final / _MANIFEST).is_file():
-            shutil.rmtree(final, ignore_errors=True)  # not published by a builder: a damaged copy
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _MANIFEST).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _dataset_at(final)
+    return _dataset_at(publish_cache_dir(final, lambda tmp: _build(tmp, config), _MANIFEST))
 
 
 __all__ = [
