@@ -11,7 +11,6 @@ Models and data are chosen with ``class_path``/``init_args`` in the YAML (subcla
 from __future__ import annotations
 
 import os
-import sys
 
 
 def _configure_environment() -> None:

@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone

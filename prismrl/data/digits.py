@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from prismrl.cache import cache_dir, content_key
+from prismrl.cache import cache_dir, content_key, publish_cache_dir
 
 DIGITS_VERSION = 1
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

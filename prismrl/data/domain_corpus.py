@@ -23,17 +23,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from prismrl.cache import cache_dir, content_key
+from prismrl.cache import cache_dir, content_key, publish_cache_dir
 
 CORPUS_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -177,24 +174,14 @@ def ensure_domain_corpus(
     if (final / _MANIFEST).is_file():
         return _corpus_at(final)
     train, val = split_documents(documents, passage_words, min_words, val_fraction, seed)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        os.chmod(tmp, 0o755)
+
+    def build(tmp: Path) -> None:
         (tmp / "train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
         (tmp / "val.txt").write_text("\n".join(val) + "\n", encoding="utf-8")
         manifest = {**parts, "num_train": len(train), "num_val": len(val), "num_documents": len(documents)}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))  # written last: marks a complete build
-        if final.exists() and not (final / _MANIFEST).is_file():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _MANIFEST).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _corpus_at(final)
+
+    return _corpus_at(publish_cache_dir(final, build, _MANIFEST))
 
 
 def load_domain_tokenizer(tokenizer_name_or_path: str, domain_tokens: Sequence[str] = ()):

@@ -19,9 +19,6 @@ image, caption, label, label_name, hint_set) with a stratified split; published 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prismrl.cache import cache_dir, content_key
+from prismrl.cache import cache_dir, content_key, publish_cache_dir
 from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split
 
 FUSION_DIGITS_VERSION = 1
