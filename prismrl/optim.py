@@ -52,3 +52,30 @@ def decay_groups(
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
     return [group for group in groups if group["params"]]
+
+
+def encoder_head_adamw(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    encoder_parameter_ids: set[int],
+    *,
+    lr: float,
+    encoder_lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    total_steps: int,
+    warmup_ratio: float,
+    min_lr_ratio: float = 0.0,
+    no_decay_names: tuple[str, ...] = (),
+    owner: str = "module",
+) -> dict:
+    """AdamW with head parameters at ``lr`` and encoder parameters at ``encoder_lr`` (each split into decayed and
+    undecayed groups), stepped per batch by the warmup + cosine schedule: Lightning's optimizer config dict."""
+    named = list(named_parameters)
+    head = [(n, p) for n, p in named if id(p) not in encoder_parameter_ids]
+    encoder = [(n, p) for n, p in named if id(p) in encoder_parameter_ids]
+    groups = decay_groups(head, weight_decay, lr, no_decay_names) + decay_groups(encoder, weight_decay, encoder_lr)
+    if not groups:
+        raise ValueError(f"{owner}: no trainable parameters")
+    optimizer = torch.optim.AdamW(groups, betas=tuple(betas))
+    scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup_ratio, min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -26,8 +26,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from prismrl.backbones.fusion import CrossModalFusion
 from prismrl.data.loaders import load_pending_dataloader_states
-from prismrl.lightning_modules.alignment import _built_from_config
-from prismrl.optim import decay_groups, warmup_cosine_scheduler
+from prismrl.lightning_modules.hparams import built_from_config
+from prismrl.optim import encoder_head_adamw
 from prismrl.rl.actor_critic import ActorCriticHead, ActorCriticOutput, actor_critic_losses, match_rewards, returns_from_rewards
 
 
@@ -116,7 +116,7 @@ class ActorCriticModule(LightningModule):
         min_lr_ratio: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=[] if _built_from_config() else ["text_encoder", "vision_encoder"])
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["text_encoder", "vision_encoder"])
         self.modalities = _parse(Modalities, modalities, "modalities")
         uses_text, uses_image = self.modalities != Modalities.IMAGE, self.modalities != Modalities.TEXT
         for name, encoder, needed in (("text_encoder", text_encoder, uses_text), ("vision_encoder", vision_encoder, uses_image)):
@@ -267,14 +267,11 @@ class ActorCriticModule(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         encoders = {id(p) for enc in (self.text_encoder, self.vision_encoder) if enc is not None for p in enc.parameters()}
-        head = [(n, p) for n, p in self.named_parameters() if id(p) not in encoders]
-        encoder = [(n, p) for n, p in self.named_parameters() if id(p) in encoders]
-        groups = decay_groups(head, hp.weight_decay, hp.lr, ("bias", "norm")) + decay_groups(encoder, hp.weight_decay, hp.encoder_lr)
-        if not groups:
-            raise ValueError("ActorCriticModule: no trainable parameters")
-        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
-        scheduler = warmup_cosine_scheduler(optimizer, int(self.trainer.estimated_stepping_batches), hp.warmup_ratio, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return encoder_head_adamw(
+            self.named_parameters(), encoders, lr=hp.lr, encoder_lr=hp.encoder_lr, weight_decay=hp.weight_decay,
+            betas=hp.betas, total_steps=int(self.trainer.estimated_stepping_batches), warmup_ratio=hp.warmup_ratio,
+            min_lr_ratio=hp.min_lr_ratio, no_decay_names=("bias", "norm"), owner="ActorCriticModule",
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["prismrl_actor_critic"] = {"mode": self.mode, "configured_mode": self._configured_mode()}

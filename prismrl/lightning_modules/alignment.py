@@ -26,7 +26,8 @@ from prismrl.data.text_dropout import apply_text_dropout
 from prismrl.evaluation.retrieval import positives_from_labels, recall_at_k, zero_shot_accuracy
 from prismrl.losses.contrastive import ContrastiveKind, build_contrastive_loss
 from prismrl.losses.matryoshka import MatryoshkaContrastiveLoss, validate_matryoshka_dims
-from prismrl.optim import decay_groups, warmup_cosine_scheduler
+from prismrl.lightning_modules.hparams import built_from_config
+from prismrl.optim import encoder_head_adamw
 
 RECALL_KS = (1, 5, 10)
 
@@ -78,7 +79,7 @@ class AlignmentModule(LightningModule):
         super().__init__()
         # Under LightningCLI (and load_from_checkpoint of its checkpoints) the towers are saved as their
         # class_path config; built in Python they are modules whose weights the state dict already holds.
-        self.save_hyperparameters(ignore=[] if _built_from_config() else ["image_tower", "text_tower"])
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["image_tower", "text_tower"])
         self.image_tower = image_tower
         self.text_tower = text_tower
         embed_dim = _tower_dim(image_tower, "image_tower")
@@ -208,15 +209,12 @@ class AlignmentModule(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         encoders = {id(p) for tower in (self.image_tower, self.text_tower) for p in _encoder_parameters(tower)}
-        head = [(n, p) for n, p in self.named_parameters() if id(p) not in encoders]
-        encoder = [(n, p) for n, p in self.named_parameters() if id(p) in encoders]
-        scalar_names = ("logit_scale", "logit_bias", "bias")
-        groups = decay_groups(head, hp.weight_decay, hp.lr, scalar_names) + decay_groups(encoder, hp.weight_decay, hp.encoder_lr)
-        if not groups:
-            raise ValueError("AlignmentModule: no trainable parameters (every tower and the loss are frozen)")
-        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
-        scheduler = warmup_cosine_scheduler(optimizer, int(self.trainer.estimated_stepping_batches), hp.warmup_ratio, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return encoder_head_adamw(
+            self.named_parameters(), encoders, lr=hp.lr, encoder_lr=hp.encoder_lr, weight_decay=hp.weight_decay,
+            betas=hp.betas, total_steps=int(self.trainer.estimated_stepping_batches), warmup_ratio=hp.warmup_ratio,
+            min_lr_ratio=hp.min_lr_ratio, no_decay_names=("logit_scale", "logit_bias", "bias"),
+            owner="AlignmentModule (every tower and the loss are frozen)",
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["prismrl_zero_shot"] = {"class_names": self.class_names, "templates": self.zero_shot_templates}
@@ -225,13 +223,6 @@ class AlignmentModule(LightningModule):
         saved = checkpoint.get("prismrl_zero_shot", {})
         self.class_names = self.class_names or saved.get("class_names")
         self.zero_shot_templates = self.zero_shot_templates or saved.get("templates")
-
-
-def _built_from_config() -> bool:
-    from lightning.pytorch.core.mixins import hparams_mixin
-
-    given = getattr(hparams_mixin, "_given_hyperparameters", None)
-    return given is not None and given.get() is not None
 
 
 def _tower_dim(tower: nn.Module, field: str) -> int:
