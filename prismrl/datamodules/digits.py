@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule
-
-from prismrl.data.digits import DIGIT_NAMES, ZERO_SHOT_TEMPLATES, DigitsDataset, ensure_digits_dataset
+from prismrl.data.digits import DIGIT_NAMES, ZERO_SHOT_TEMPLATES, ensure_digits_dataset
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from prismrl.datamodules.delegating import DelegatingDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
 FORMATS = ("parquet", "webdataset")
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(DelegatingDataModule):
     """scikit-learn digits as captioned 32x32 grey images (see ``prismrl.data.digits``).
 
     ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetDataModule``
@@ -54,7 +53,8 @@ class DigitsDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         ensure_digits_dataset(self.root)
 
-    def _build_inner(self, files: DigitsDataset) -> ParquetDataModule | WebDataModule:
+    def _build_inner(self) -> ParquetDataModule | WebDataModule:
+        files = ensure_digits_dataset(self.root)
         common = dict(class_names=self.class_names, batch_size=self.batch_size, num_workers=self.num_workers,
                       image_size=self.image_size, image_mean=self.image_mean, image_std=self.image_std, seed=self.seed)
         if self.format == "parquet":
@@ -63,17 +63,3 @@ class DigitsDataModule(LightningDataModule):
         return WebDataModule(train_shards=files.train_shards, val_shards=files.val_shards, image_keys="png",
                              caption_key="txt", label_key="json:label",
                              samples_per_epoch=self.samples_per_epoch or files.num_train, **common)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.inner is None:
-            self.inner = self._build_inner(ensure_digits_dataset(self.root))
-        self.inner.trainer = self.trainer
-        self.inner.setup(stage)
-
-    def train_dataloader(self):
-        self.setup("fit")
-        return self.inner.train_dataloader()
-
-    def val_dataloader(self):
-        self.setup("validate")
-        return self.inner.val_dataloader()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule
-
 from prismrl.data.digits import DIGIT_NAMES
 from prismrl.data.fusion_digits import FusionDigitsConfig, ensure_fusion_digits
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from prismrl.datamodules.delegating import DelegatingDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 
 
-class FusionDigitsDataModule(LightningDataModule):
+class FusionDigitsDataModule(DelegatingDataModule):
     """Degraded digit images paired with partial-evidence hint texts; labels 0..9.
 
     ``prepare_data`` builds the cache once (degradation and hints set by the ``FusionDigitsConfig``
@@ -49,20 +48,9 @@ class FusionDigitsDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         ensure_fusion_digits(self.root, self.config)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.inner is None:
-            files = ensure_fusion_digits(self.root, self.config)
-            self.inner = ParquetDataModule(
-                train_path=str(files.train_parquet), val_path=str(files.val_parquet), image_column="image",
-                caption_column="caption", label_column="label", class_names=self.class_names, **self.loader_settings,
-            )
-        self.inner.trainer = self.trainer
-        self.inner.setup(stage)
-
-    def train_dataloader(self):
-        self.setup("fit")
-        return self.inner.train_dataloader()
-
-    def val_dataloader(self):
-        self.setup("validate")
-        return self.inner.val_dataloader()
+    def _build_inner(self) -> ParquetDataModule:
+        files = ensure_fusion_digits(self.root, self.config)
+        return ParquetDataModule(
+            train_path=str(files.train_parquet), val_path=str(files.val_parquet), image_column="image",
+            caption_column="caption", label_column="label", class_names=self.class_names, **self.loader_settings,
+        )
