@@ -104,13 +104,15 @@ def _records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, seed: int
     ]
 
 
-def _write_parquet(records: list[dict], path: Path) -> None:
+def write_digit_parquet(records: list[dict], path: Path, extra_columns: dict[str, pa.Array] | None = None) -> None:
+    """Columns image (PNG bytes), caption, label, label_name (+ ``extra_columns``), in row groups of ROW_GROUP_SIZE."""
     table = pa.table(
         {
             "image": pa.array([r["png"] for r in records], type=pa.binary()),
             "caption": pa.array([r["caption"] for r in records], type=pa.string()),
             "label": pa.array([r["label"] for r in records], type=pa.int64()),
             "label_name": pa.array([DIGIT_NAMES[r["label"]] for r in records], type=pa.string()),
+            **(extra_columns or {}),
         }
     )
     pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
@@ -150,8 +152,8 @@ def _build(tmp: Path, val_fraction: float, seed: int) -> None:
     train_rows, val_rows = stratified_split(labels, val_fraction, seed)
     train = _records(images, labels, train_rows, seed + 1)
     val = _records(images, labels, val_rows, seed + 2)
-    _write_parquet(train, tmp / "train.parquet")
-    _write_parquet(val, tmp / "val.parquet")
+    write_digit_parquet(train, tmp / "train.parquet")
+    write_digit_parquet(val, tmp / "val.parquet")
     train_pattern = _write_shards(train, tmp, "train", TRAIN_SHARDS)
     val_pattern = _write_shards(val, tmp, "val", VAL_SHARDS)
     manifest = {

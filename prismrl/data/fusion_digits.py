@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from prismrl.cache import cache_dir, content_key, publish_cache_dir
-from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split
+from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split, write_digit_parquet
 
 FUSION_DIGITS_VERSION = 1
 HINT_PREFIXES = ["a noisy handwritten digit", "a blurred scan of a digit", "a partly hidden handwritten number"]
@@ -113,16 +112,8 @@ def _records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, config: F
 
 
 def _write_parquet(records: list[dict], path: Path) -> None:
-    table = pa.table(
-        {
-            "image": pa.array([r["png"] for r in records], type=pa.binary()),
-            "caption": pa.array([r["caption"] for r in records], type=pa.string()),
-            "label": pa.array([r["label"] for r in records], type=pa.int64()),
-            "label_name": pa.array([DIGIT_NAMES[r["label"]] for r in records], type=pa.string()),
-            "hint_set": pa.array([r["hint_set"] for r in records], type=pa.list_(pa.int64())),
-        }
-    )
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
+    hint_sets = pa.array([r["hint_set"] for r in records], type=pa.list_(pa.int64()))
+    write_digit_parquet(records, path, {"hint_set": hint_sets})
 
 
 def _build(tmp: Path, config: FusionDigitsConfig) -> None:
