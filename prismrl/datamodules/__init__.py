@@ -3,7 +3,8 @@
 from prismrl.datamodules.digits import DigitsDataModule
 from prismrl.datamodules.fusion import FusionDigitsDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
+from prismrl.datamodules.prompts import PromptDataModule
 from prismrl.datamodules.text_corpus import TextCorpusDataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
-__all__ = ["DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "TextCorpusDataModule", "WebDataModule"]
+__all__ = ["DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "PromptDataModule", "TextCorpusDataModule", "WebDataModule"]

@@ -7,6 +7,7 @@ import importlib
 _LAZY = {
     "ActorCriticModule": "prismrl.lightning_modules.actor_critic",
     "AlignmentModule": "prismrl.lightning_modules.alignment",
+    "GRPOModule": "prismrl.lightning_modules.grpo",
     "MaskedLMModule": "prismrl.lightning_modules.masked_lm",
 }
 

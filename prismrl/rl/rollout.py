@@ -78,23 +78,59 @@ def sample_completions(model, prompt_batch, adapter, sampling: SamplingSettings,
     return split_completions(out, prompt_batch.seq_len, eos_ids)
 
 
+@dataclass
+class PackingSettings:
+    """Pack the rollout's sequences into rows of ``max_tokens_per_row`` for the training forward passes.
+
+    attention: "block_mask" (4-D segment mask; SDPA/eager, CPU-safe) or "position_ids" (segments from
+    restarting positions: flash-attention varlen on GPU). ``rope_index`` is the adapter's M-RoPE function.
+    """
+
+    max_tokens_per_row: int = 2048
+    attention: str = "block_mask"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_tokens_per_row, bool) or not isinstance(self.max_tokens_per_row, int) \
+                or self.max_tokens_per_row < 1:
+            raise ValueError(f"packing.max_tokens_per_row: expected an int >= 1, received {self.max_tokens_per_row!r}")
+        if self.attention not in ("block_mask", "position_ids"):
+            raise ValueError(f"packing.attention: expected 'block_mask' or 'position_ids', received {self.attention!r}")
+
+
 def sequence_logprobs(
-    model, batch, temperature: float = 1.0, chunk_size: int | None = None, with_entropy: bool = False
+    model, batch, temperature: float = 1.0, chunk_size: int | None = None, with_entropy: bool = False,
+    packing: PackingSettings | None = None, rope_index=None,
 ) -> tuple[Tensor, Tensor | None]:
     """Next-token log-probs [B, T-1] of ``batch.input_ids[:, 1:]`` under ``model`` (and entropies [B, T-1]).
 
     logp[b, t] = log softmax(logits[b, t] / temperature)[input_ids[b, t + 1]]; align masks with
-    ``batch.loss_mask[:, 1:]``. Entropy is computed without gradient (it is only logged).
+    ``batch.loss_mask[:, 1:]``. Entropy is computed without gradient (it is only logged). With
+    ``packing`` the forward runs on packed rows (``prismrl.data.packing``) and the values are unpacked
+    to the same [B, T-1] layout (a sequence's first token, never a completion token, gets 0).
     """
-    logits = model(**batch.model_inputs(), use_cache=False).logits  # [B, T, V]
+    packed = None
+    if packing is None:
+        logits = model(**batch.model_inputs(), use_cache=False).logits  # [B, T, V]
+        input_ids = batch.input_ids
+    else:
+        from prismrl.data.packing import pack_sequences
+
+        packed = pack_sequences(batch, packing.max_tokens_per_row, rope_index=rope_index)
+        dtype = next(model.parameters()).dtype
+        inputs = packed.model_inputs(packing.attention, dtype=dtype if dtype.is_floating_point else torch.float32)
+        logits = model(**inputs).logits  # [R, L, V]
+        input_ids = packed.input_ids
     if temperature != 1.0:
         logits = logits / temperature
-    shifted, targets = shift_for_causal_lm(logits, batch.input_ids)  # [B, T-1, V], [B, T-1]
+    shifted, targets = shift_for_causal_lm(logits, input_ids)  # [*, T-1, V], [*, T-1]
     logprobs = token_logprobs(shifted, targets, chunk_size)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             entropy = entropy_from_logits(shifted.detach(), chunk_size)
+    if packed is not None:
+        logprobs = packed.unpack_shifted(logprobs)
+        entropy = packed.unpack_shifted(entropy) if entropy is not None else None
     return logprobs, entropy
 
 

@@ -71,3 +71,27 @@ def test_sampled_completions_end_at_eos_and_are_reproducible(tiny_llama):
         assert all(t not in eos for t in completion[:-1])  # nothing after the first EOS
     greedy = sample_completions(model, prompts, adapter, settings, eos, greedy=True)
     assert all(c == greedy[0] for c in greedy)
+
+
+@pytest.mark.parametrize("attention", ["block_mask", "position_ids"])
+def test_packed_sequence_logprobs_equal_padded_ones_for_qwen2_vl(attention):
+    from prismrl.backbones.policy import build_policy
+    from prismrl.rl.rollout import PackingSettings
+
+    torch.manual_seed(0)
+    model, tokenizer = build_policy(tiny_config={"model_type": "qwen2_vl"}, lora={"r": 2})
+    model.eval()
+    adapter = adapter_for(model, tokenizer, min_pixels=28 * 28, max_pixels=56 * 56)
+    prompts = adapter.build_prompts(["<image>Which digit?", "Say hi", "<image>And this one?"],
+                                    [[torch.rand(3, 28, 28)], None, [torch.rand(3, 56, 28)]])
+    batch = adapter.append_completions(prompts, [[40, 41, 2], [50], [60, 61, 62, 63]])
+    mask = batch.loss_mask[:, 1:].bool()
+    with torch.no_grad():
+        padded, _ = sequence_logprobs(model, batch, temperature=0.9)
+        packed, entropy = sequence_logprobs(model, batch, temperature=0.9, with_entropy=True,
+                                            packing=PackingSettings(max_tokens_per_row=256, attention=attention),
+                                            rope_index=adapter.rope_index_fn(model))
+    assert packed.shape == padded.shape and entropy.shape == padded.shape
+    torch.testing.assert_close(packed[mask], padded[mask], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="packing.attention"):
+        PackingSettings(attention="flash")

@@ -1,0 +1,270 @@
+"""GRPO on a (vision-)language policy: group rollouts, group-normalized advantages, clipped objective + KL.
+
+One training step (a batch of P prompt records, G = group_size):
+    rollout   y_1..G ~ pi_old(.|x) for every prompt x            (HF generate, temperature / top-p)
+    reward    r_i = reward_fn(y_i, record)                       (e.g. a WeightedSumReward of rule rewards)
+    advantage A_i = (r_i - mean_group(r)) / (std_group(r) + eps)  (group_normalized_advantages)
+    for mu = 1..num_iterations, for each minibatch of the P*G rollouts:
+        rho_t = pi_theta(y_t|..) / pi_old(y_t|..)
+        L = aggregate_t( -min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A) + beta * KL_k3(pi_theta || pi_ref) )
+        one AdamW step
+pi_old log-probs are recorded once per rollout (only when several optimizer steps reuse it); pi_ref is
+the policy with its LoRA adapters switched off (no second copy of the weights), or a frozen copy
+without LoRA; beta = 0 computes no reference at all. ``trainer.max_steps`` and the learning-rate
+schedule count optimizer steps: rollouts x num_iterations x minibatches per rollout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import Tensor
+
+from prismrl.backbones.lora import LoraSettings
+from prismrl.backbones.policy import build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.data.adapters import adapter_for
+from prismrl.data.loaders import load_pending_dataloader_states
+from prismrl.data.multimodal import MultimodalBatch
+from prismrl.lightning_modules.hparams import built_from_config
+from prismrl.optim import decay_groups, warmup_cosine_scheduler
+from prismrl.rl.advantages import AdvantageScaling, masked_mean
+from prismrl.rl.advantages import group_normalized_advantages
+from prismrl.rl.kl import KLEstimator
+from prismrl.rl.policy_loss import LossAggregation, count_global_tokens, grpo_loss
+from prismrl.rl.rewards import PromptRecord, score_completions
+from prismrl.rl.rollout import (
+    PackingSettings, SamplingSettings, eos_token_ids, group_indices, minibatches, sample_completions, sequence_logprobs,
+)
+
+
+def _enum(enum: type, value: Any, field: str):
+    try:
+        return enum(value.value if isinstance(value, enum) else value)
+    except ValueError:
+        raise ValueError(f"{field}: expected one of {[m.value for m in enum]}, received {value!r}") from None
+
+
+class GRPOModule(LightningModule):
+    """GRPO trainer for causal LMs and VLMs (see the module docstring).
+
+    Args:
+        reward: a reward function ``fn(completions: list[str], records: list[PromptRecord]) -> [N]``
+            (``prismrl.rl.rewards``: ExactMatchReward, NumericMatchReward, FormatReward, CallableReward,
+            WeightedSumReward); per-component means are logged for a WeightedSumReward.
+        model_name_or_path / tiny_config: the policy (``shipped:smollm2-135m-instruct``, an HF id/folder,
+            or ``{"model_type": "qwen2_vl", ...}`` for a tiny random-init model); torch_dtype, attn_implementation
+            ("sdpa" / "flash_attention_2", falls back to sdpa), quantization ("4bit"/"8bit", needs lora),
+            lora (LoraSettings; "all-linear" = the language model's linear layers), lora_on_vision,
+            gradient_checkpointing.
+        group_size: G completions per prompt (>= 2); sampling: SamplingSettings.
+        num_iterations: optimization passes (mu) over each rollout; minibatch_size: rollouts per optimizer
+            step (None = all P*G at once).
+        beta, kl_estimator: KL coefficient (0 = no reference model) and estimator ("k1"/"k2"/"k3").
+        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high]; loss_aggregation: grpo/bnpo/dapo/dr_grpo;
+        advantage_scaling: group_std / batch_std / none.
+        packing: PackingSettings to run the training forwards on packed rows (None = padded batch).
+        system_prompt: optional system turn; logprob_chunk_size: rows per log-softmax block (None = auto).
+        lr, weight_decay, betas, warmup_ratio, min_lr_ratio, max_grad_norm: AdamW + warmup-cosine + clipping.
+        export_dir: where ``on_fit_end`` saves the adapters (or the full model) and tokenizer.
+    """
+
+    def __init__(
+        self,
+        reward: Any,
+        model_name_or_path: str | None = None,
+        tiny_config: dict[str, Any] | None = None,
+        torch_dtype: str | None = None,
+        attn_implementation: str = "sdpa",
+        quantization: str | None = None,
+        lora: LoraSettings | None = None,
+        lora_on_vision: bool = False,
+        gradient_checkpointing: bool = False,
+        group_size: int = 4,
+        sampling: SamplingSettings | None = None,
+        num_iterations: int = 1,
+        minibatch_size: int | None = None,
+        beta: float = 0.04,
+        kl_estimator: str = "k3",
+        eps_low: float = 0.2,
+        eps_high: float = 0.28,
+        loss_aggregation: str = "dapo",
+        advantage_scaling: str = "group_std",
+        packing: PackingSettings | None = None,
+        system_prompt: str | None = None,
+        logprob_chunk_size: int | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_ratio: float = 0.0,
+        min_lr_ratio: float = 0.1,
+        max_grad_norm: float | None = 1.0,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["reward"])
+        self.automatic_optimization = False
+        if not callable(reward):
+            raise TypeError(f"reward: expected a callable reward function, received {type(reward).__name__}")
+        group_indices(1, group_size)  # validates group_size
+        for name, value in (("num_iterations", num_iterations), ("minibatch_size", minibatch_size or 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, received {value!r}")
+        if beta < 0:
+            raise ValueError(f"beta: expected a float >= 0, received {beta!r}")
+        self.reward = reward
+        self.sampling = sampling if sampling is not None else SamplingSettings()
+        self.kl_estimator = _enum(KLEstimator, kl_estimator, "kl_estimator")
+        self.aggregation = _enum(LossAggregation, loss_aggregation, "loss_aggregation")
+        self.scaling = _enum(AdvantageScaling, advantage_scaling, "advantage_scaling")
+        self.policy, self.tokenizer = build_policy(
+            model_name_or_path, tiny_config, torch_dtype=torch_dtype, attn_implementation=attn_implementation,
+            quantization=quantization, lora=lora, lora_on_vision=lora_on_vision,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.reference = frozen_copy(self.policy) if beta > 0 and not uses_adapters(self.policy) else None
+        self.adapter = adapter_for(self.policy, self.tokenizer, system_prompt=system_prompt)
+        self.eos_ids = eos_token_ids(self.policy, self.tokenizer)
+        self.packing = packing
+        self.rope_index = self.adapter.rope_index_fn(self.policy) if packing is not None else None
+
+    def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        return sequence_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,
+                                 with_entropy, self.packing, self.rope_index)
+
+    # ----- rollouts -----
+    def rollout(self, records: list[PromptRecord], greedy: bool = False) -> tuple[MultimodalBatch, list[str], Any]:
+        """Sample G completions per record (1 when greedy); returns the training batch, texts and reward scores."""
+        if not records or not all(isinstance(r, PromptRecord) for r in records):
+            raise TypeError(f"batch: expected a non-empty list of PromptRecord, received {type(records).__name__}")
+        prompts = self.adapter.build_prompts([r.prompt for r in records], [r.images for r in records])
+        index = torch.arange(len(records)) if greedy else group_indices(len(records), self.hparams.group_size)
+        prompts = prompts.select(index).to(self.device, pixel_dtype=self.policy.dtype)
+        self.policy.eval()
+        completions = sample_completions(self.policy, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        scores = score_completions(self.reward, texts, [records[i] for i in index.tolist()])
+        batch = self.adapter.append_completions(prompts.to("cpu"), completions).to(self.device, self.policy.dtype)
+        batch.rewards = scores.total.to(self.device)
+        return batch, texts, scores
+
+    @torch.no_grad()
+    def _fixed_logprobs(self, batch: MultimodalBatch, needs_old: bool) -> None:
+        """Record pi_old (when several steps reuse the rollout) and pi_ref (when beta > 0) log-probs [B, T-1]."""
+        if needs_old:
+            batch.old_logprobs = self._logprobs(self.policy, batch)[0]
+        if self.hparams.beta > 0:
+            with reference_of(self.policy, self.reference) as reference:
+                batch.ref_logprobs = self._logprobs(reference, batch)[0]
+
+    def training_step(self, records: list[PromptRecord], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        start = time.perf_counter()
+        batch, _, scores = self.rollout(records)
+        rollout_seconds = time.perf_counter() - start
+        batch.advantages = group_normalized_advantages(batch.rewards, hp.group_size, self.scaling)  # [P*G]
+        groups = minibatches(batch.batch_size, hp.minibatch_size)
+        needs_old = hp.num_iterations > 1 or len(groups) > 1
+        self._fixed_logprobs(batch, needs_old)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        self.policy.train()
+        stats: list[dict[str, Tensor]] = []
+        for iteration in range(hp.num_iterations):
+            for index in groups if iteration == 0 else minibatches(batch.batch_size, hp.minibatch_size):
+                stats.append(self._optimizer_step(batch.select(index), optimizer))
+                scheduler.step()
+        self._log_step(batch, scores, stats, rollout_seconds, time.perf_counter() - start)
+        return stats[-1]["loss"]
+
+    def _optimizer_step(self, minibatch: MultimodalBatch, optimizer) -> dict[str, Tensor]:
+        hp = self.hparams
+        logprobs, entropy = self._logprobs(self.policy, minibatch, with_entropy=True)  # [b, T-1]
+        mask = minibatch.loss_mask[:, 1:]  # [b, T-1] completion tokens
+        loss, stats = grpo_loss(
+            logprobs, minibatch.advantages, mask, minibatch.old_logprobs, minibatch.ref_logprobs,
+            beta=hp.beta, kl_estimator=self.kl_estimator, eps_low=hp.eps_low, eps_high=hp.eps_high,
+            aggregation=self.aggregation, max_completion_length=self.sampling.max_new_tokens,
+            global_token_count=count_global_tokens(mask) if self.aggregation is LossAggregation.DAPO else None,
+            world_size=self.trainer.world_size,
+        )
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if hp.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        out = {"loss": loss.detach(), "entropy": masked_mean(entropy, mask.to(entropy.dtype)), **stats.to_dict()}
+        return out
+
+    def _log_step(self, batch: MultimodalBatch, scores, stats: list[dict[str, Tensor]], rollout_s: float,
+                  step_s: float) -> None:
+        hp = self.hparams
+        lengths = batch.loss_mask.sum(dim=1).float()  # [P*G] completion tokens
+        grouped = batch.rewards.view(-1, hp.group_size)
+        logged = {
+            "train/reward": batch.rewards.mean(),
+            "train/reward_std": batch.rewards.std() if batch.batch_size > 1 else torch.zeros(()),
+            "train/frac_zero_std_groups": (grouped.amax(1) == grouped.amin(1)).float().mean(),
+            "train/completion_length": lengths.mean(),
+            "train/completion_length_max": lengths.max(),
+            "train/tokens_per_s": torch.tensor(float(lengths.sum()) / max(rollout_s, 1e-9)),
+            "train/step_seconds": torch.tensor(step_s),
+            "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
+        }
+        logged.update({f"train/reward/{k}": v.float().mean() for k, v in scores.components.items()})
+        for key in stats[0]:
+            logged[f"train/{key}"] = torch.stack([s[key].float() for s in stats]).mean()
+        if "train/kl_mean" in logged:
+            logged["train/kl"] = logged.pop("train/kl_mean")
+        self.log_dict({k: v.to(self.device) for k, v in logged.items()}, batch_size=batch.batch_size, sync_dist=True)
+        self.log("train/reward_step", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=batch.batch_size)
+
+    # ----- evaluation: greedy completions, one per prompt -----
+    def validation_step(self, records: list[PromptRecord], batch_idx: int) -> None:
+        batch, _, scores = self.rollout(records, greedy=True)
+        logged = {"val/reward": scores.total.float().mean(), "val/completion_length": batch.loss_mask.sum(1).float().mean()}
+        logged.update({f"val/reward/{k}": v.float().mean() for k, v in scores.components.items()})
+        self.log_dict({k: v.to(self.device) for k, v in logged.items()}, batch_size=len(records), sync_dist=True)
+
+    @torch.no_grad()
+    def generate(self, records: list[PromptRecord]) -> list[str]:
+        """Greedy answers to prompt records (their images included)."""
+        return self.rollout(records, greedy=True)[1]
+
+    # ----- Lightning plumbing -----
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # prompt records stay on the host; rollouts move their own tensors
+
+    def on_train_start(self) -> None:
+        load_pending_dataloader_states(self.trainer)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = decay_groups(self.policy.named_parameters(), hp.weight_decay, hp.lr, no_decay_names=("bias", "norm"))
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError("policy: has no trainable parameter (LoRA settings or freezing left nothing to train)")
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        return [optimizer], [warmup_cosine_scheduler(optimizer, self._total_optimizer_steps(), hp.warmup_ratio, hp.min_lr_ratio)]
+
+    def _total_optimizer_steps(self) -> int:
+        """trainer.max_steps, or rollouts x num_iterations x ceil(P * G / minibatch_size) for epoch-bounded runs."""
+        rollouts = int(self.trainer.estimated_stepping_batches)  # loads the train loader
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        prompts = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if not isinstance(prompts, int):
+            raise ValueError("trainer.max_steps: set it (optimizer steps) when the train loader has no int batch_size")
+        rows, size = prompts * self.hparams.group_size, self.hparams.minibatch_size
+        per_rollout = 1 if size is None else -(-rows // size)
+        return max(1, rollouts * self.hparams.num_iterations * per_rollout)
+
+    def export(self, folder: str) -> None:
+        """``save_pretrained`` of the adapters (LoRA) or the full policy, plus the tokenizer."""
+        self.policy.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)
