@@ -5,6 +5,8 @@ from prismrl.datamodules.fusion import FusionDigitsDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.prompts import PromptDataModule
 from prismrl.datamodules.text_corpus import TextCorpusDataModule
+from prismrl.datamodules.trimodal_digits import TriModalDigitsDataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
-__all__ = ["DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "PromptDataModule", "TextCorpusDataModule", "WebDataModule"]
+__all__ = ["DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "PromptDataModule", "TextCorpusDataModule",
+           "TriModalDigitsDataModule", "WebDataModule"]

@@ -1,11 +1,13 @@
 """Image-caption(-label) data from Parquet files, read one row group at a time.
 
 Columns: an image column of encoded bytes (``image_column``) or of file paths relative to the Parquet
-file's folder (``image_path_column``), a caption column, an optional integer label column (null or -1 =
-no class). The file is never loaded whole: the dataset indexes row groups from the footer metadata and
-keeps a few decoded row groups in a small LRU cache. Training shuffles row-group order and mixes samples
-inside windows of ``row_group_window`` row groups, so each row group is read about once per epoch per
-worker. ``setup`` checks columns, captions and labels by streaming only those columns, before training.
+file's folder (``image_path_column``), a caption column (nulls mark samples without text when
+``optional_captions``), an optional integer label column (null or -1 = no class) and an optional column of
+WAV bytes (``audio_column``; null = no audio for that sample). The file is never loaded whole: the dataset
+indexes row groups from the footer metadata and keeps a few decoded row groups in a small LRU cache.
+Training shuffles row-group order and mixes samples inside windows of ``row_group_window`` row groups, so
+each row group is read about once per epoch per worker. ``setup`` checks columns, captions and labels by
+streaming only those columns, before training.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from prismrl.data.audio import decode_wav
 from prismrl.data.collate import ImageTextSample, collate_image_text
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, decode_image
 from prismrl.data.loaders import ResumableDataLoader, ResumableSampler, resolve_rank_world
@@ -91,10 +95,11 @@ class ParquetImageTextDataset(Dataset):
     """``ImageTextSample`` records decoded from a ``ParquetRowGroupDataset``."""
 
     def __init__(self, rows: ParquetRowGroupDataset, image_column: str | None, image_path_column: str | None,
-                 caption_column: str, label_column: str | None, transform: ImageTransform) -> None:
+                 caption_column: str, label_column: str | None, transform: ImageTransform,
+                 audio_column: str | None = None) -> None:
         self.rows, self.transform = rows, transform
         self.image_column, self.image_path_column = image_column, image_path_column
-        self.caption_column, self.label_column = caption_column, label_column
+        self.caption_column, self.label_column, self.audio_column = caption_column, label_column, audio_column
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -113,11 +118,17 @@ class ParquetImageTextDataset(Dataset):
         if data is None:
             raise ValueError(f"{where}: image is null")
         label = record[self.label_column] if self.label_column is not None else None
+        caption, audio = record[self.caption_column], None  # null captions passed check_parquet: optional
+        if self.audio_column is not None:
+            clip, where = record[self.audio_column], f"row {row} of column '{self.audio_column}' in {name}"
+            audio = torch.empty(0) if clip is None else decode_wav(clip, where)  # [N] at 16 kHz; [0] = no clip
         return ImageTextSample(
             pixel_values=self.transform(decode_image(data, where), where),  # [3, H, W]
-            caption=str(record[self.caption_column]),
+            caption="" if caption is None else str(caption),
             label=-1 if label is None else int(label),
             sample_id=f"{name}:{row}",
+            audio=audio,
+            has_caption=caption is not None,
         )
 
 
@@ -126,14 +137,16 @@ _COLUMN_TYPES = {
     "image_path_column": ("file paths (strings)", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
     "caption_column": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
     "label_column": ("integers", pa.types.is_integer),
+    "audio_column": ("WAV file bytes", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
 }
 
 
-def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_classes: int | None) -> int:
+def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_classes: int | None,
+                  optional_captions: bool = False) -> int:
     """Validate one file before training; returns its row count.
 
-    Every named column must exist; captions must be non-empty; labels must be null, -1 or in
-    ``[0, num_classes)``. Only the caption and label columns are streamed.
+    Every named column must exist; captions must be non-empty (or null, with ``optional_captions``); labels
+    must be null, -1 or in ``[0, num_classes)``. Only the caption and label columns are streamed.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{field}: no Parquet file at '{path}'")
@@ -149,7 +162,7 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
     row = 0
     for batch in file.iter_batches(batch_size=4096, columns=[c for c in (caption, label) if c is not None]):
         for offset, text in enumerate(batch.column(caption).to_pylist()):
-            if text is None or not str(text).strip():
+            if (text is None and not optional_captions) or (text is not None and not str(text).strip()):
                 raise ValueError(f"caption_column: caption '{caption}' is empty at row {row + offset} of {path.name}")
         if label is not None:
             values = np.array([-1 if v is None else v for v in batch.column(label).to_pylist()], dtype=np.int64)
@@ -204,6 +217,8 @@ class ParquetDataModule(LightningDataModule):
         caption_column: str = "caption",
         label_column: str | None = "label",
         class_names: list[str] | None = None,
+        audio_column: str | None = None,
+        optional_captions: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
         image_size: int = 224,
@@ -231,6 +246,7 @@ class ParquetDataModule(LightningDataModule):
         self.val_fraction, self.seed, self.drop_last = val_fraction, seed, drop_last
         self.image_column, self.image_path_column = image_column, image_path_column
         self.caption_column, self.label_column = caption_column, label_column
+        self.audio_column, self.optional_captions = audio_column, optional_captions
         self.batch_size, self.num_workers, self.row_group_window = batch_size, num_workers, row_group_window
         self._class_names = list(class_names) if class_names is not None else None
         self._class_names_read = class_names is not None or label_column is None
@@ -248,22 +264,23 @@ class ParquetDataModule(LightningDataModule):
 
     def _columns(self) -> dict[str, str | None]:
         return {"image_column": self.image_column, "image_path_column": self.image_path_column,
-                "caption_column": self.caption_column, "label_column": self.label_column}
+                "caption_column": self.caption_column, "label_column": self.label_column,
+                "audio_column": self.audio_column}
 
     def _dataset(self, path: Path, rows: np.ndarray | None) -> ParquetImageTextDataset:
         columns = [c for c in self._columns().values() if c is not None]
         reader = ParquetRowGroupDataset(path, columns, rows, cache_row_groups=self.row_group_window + 1)
         return ParquetImageTextDataset(reader, self.image_column, self.image_path_column,
-                                       self.caption_column, self.label_column, self.transform)
+                                       self.caption_column, self.label_column, self.transform, self.audio_column)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         names = self.class_names
         num_classes = len(names) if names is not None else None
-        num_rows = check_parquet(self.train_path, "train_path", self._columns(), num_classes)
+        num_rows = check_parquet(self.train_path, "train_path", self._columns(), num_classes, self.optional_captions)
         if self.val_path is not None:
-            check_parquet(self.val_path, "val_path", self._columns(), num_classes)
+            check_parquet(self.val_path, "val_path", self._columns(), num_classes, self.optional_captions)
             self.train_dataset = self._dataset(self.train_path, None)
             self.val_dataset = self._dataset(self.val_path, None)
         else:

@@ -22,10 +22,12 @@ from itertools import islice
 from typing import Any
 
 import braceexpand
+import torch
 import webdataset as wds
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from prismrl.data.audio import decode_wav
 from prismrl.data.collate import ImageTextSample, collate_image_text
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, decode_image
 from prismrl.data.loaders import resolve_rank_world
@@ -67,13 +69,19 @@ def _split_key(key: str) -> tuple[str, str | None]:
 
 
 class SampleDecoder:
-    """Raw WebDataset sample (``__key__`` + bytes per extension) -> ``ImageTextSample``."""
+    """Raw WebDataset sample (``__key__`` + bytes per extension) -> ``ImageTextSample``.
+
+    With ``audio_key`` (e.g. "wav") a sample without that member has no audio; with ``optional_captions`` a
+    sample without its caption member has no text.
+    """
 
     def __init__(self, image_keys: str, caption_key: str, label_key: str | None,
-                 num_classes: int | None, transform: ImageTransform) -> None:
+                 num_classes: int | None, transform: ImageTransform, audio_key: str | None = None,
+                 optional_captions: bool = False) -> None:
         self.image_keys = [k.strip().lower() for k in image_keys.split(";") if k.strip()]
         self.caption_key, self.label_key = _split_key(caption_key), (_split_key(label_key) if label_key else None)
         self.num_classes, self.transform = num_classes, transform
+        self.audio_key, self.optional_captions = (audio_key.lower() if audio_key else None), optional_captions
 
     def _field(self, sample: dict[str, Any], spec: tuple[str, str | None], arg: str) -> Any:
         ext, inner = spec
@@ -99,16 +107,22 @@ class SampleDecoder:
             raise ValueError(f"sample '{key}' in {sample.get('__url__')}: no image under image_keys "
                              f"{self.image_keys}; keys present: {present}")
         where = f"sample '{key}' key '{ext}'"
-        caption = str(self._field(sample, self.caption_key, "caption_key"))
-        if not caption.strip():
+        has_caption = not self.optional_captions or self.caption_key[0] in sample
+        caption = str(self._field(sample, self.caption_key, "caption_key")) if has_caption else ""
+        if has_caption and not caption.strip():
             raise ValueError(f"sample '{key}': caption is empty")
+        audio = None
+        if self.audio_key is not None:
+            clip = sample.get(self.audio_key)
+            audio = torch.empty(0) if clip is None else decode_wav(clip, f"sample '{key}' key '{self.audio_key}'")
         label = -1
         if self.label_key is not None:
             value = self._field(sample, self.label_key, "label_key")
             label = -1 if value is None else int(value)
             if label < -1 or (self.num_classes is not None and label >= self.num_classes):
                 raise ValueError(f"sample '{key}': label {label} is outside [0, {self.num_classes}) (-1 = no class)")
-        return ImageTextSample(self.transform(decode_image(sample[ext], where), where), caption, label, key)
+        pixels = self.transform(decode_image(sample[ext], where), where)  # [3, H, W]
+        return ImageTextSample(pixels, caption, label, key, audio=audio, has_caption=has_caption)
 
 
 class EpochShuffle(wds.PipelineStage):
@@ -169,7 +183,8 @@ class WebDataModule(LightningDataModule):
     """``ImageTextBatch`` batches from WebDataset shards (see the module docstring for the splitting).
 
     ``caption_key`` / ``label_key`` name a file extension (``"txt"``) or a field of a JSON member
-    (``"json:label"``). ``samples_per_epoch`` is required for training: each rank yields
+    (``"json:label"``); ``audio_key`` names an optional WAV member (``"wav"``), and with
+    ``optional_captions`` samples may lack the caption member. ``samples_per_epoch`` is required for training: each rank yields
     ``samples_per_epoch // (world_size * batch_size)`` batches per epoch.
     """
 
@@ -181,6 +196,8 @@ class WebDataModule(LightningDataModule):
         caption_key: str = "txt",
         label_key: str | None = "json:label",
         class_names: list[str] | None = None,
+        audio_key: str | None = None,
+        optional_captions: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
@@ -204,7 +221,8 @@ class WebDataModule(LightningDataModule):
         self._class_names = list(class_names) if class_names is not None else None
         self.transform = ImageTransform(image_size, image_mean, image_std)
         self.decoder = SampleDecoder(image_keys, caption_key, label_key,
-                                     len(class_names) if class_names is not None else None, self.transform)
+                                     len(class_names) if class_names is not None else None, self.transform,
+                                     audio_key, optional_captions)
         self.train_urls: list[str] | None = None
         self.val_urls: list[str] | None = None
 

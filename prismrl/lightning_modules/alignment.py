@@ -1,16 +1,21 @@
-"""Contrastive + Matryoshka alignment of an image tower and a text tower (the CLIP/SigLIP recipe).
+"""Contrastive + Matryoshka alignment of an image tower, a text tower and optionally an audio tower
+(the CLIP/SigLIP recipe, tri-modal as in ImageBind-style pairwise alignment).
 
 One training step:
     z_img = image_tower(pixels)                     # [B, D] unnormalized
     z_txt = text_tower(text_dropout(captions))      # [B, D]
-    loss  = full_dim_weight * L(z_img, z_txt)
-          + mrl_weight * mean_w_d L(z_img[:, :d], z_txt[:, :d])   for d in matryoshka_dims (or one sampled d)
-where L is the symmetric InfoNCE (CLIP) or sigmoid (SigLIP) loss on L2-normalized features, with
-features gathered across ranks (local-loss formulation).
+    z_aud = audio_tower(log_mel(waveforms))         # [B, D], only with an audio tower
+    loss  = sum_{(a, b)} w_ab * L_ab(z_a, z_b | rows where both are present)
+    L_ab  = full_dim_weight * L(z_a, z_b) + mrl_weight * mean_w_d L(z_a[:, :d], z_b[:, :d])
+for the pairs (image, text) and, with audio, (audio, text) and (audio, image); each pair has its own
+temperature. L is the symmetric InfoNCE (CLIP) or sigmoid (SigLIP) loss on L2-normalized features, with
+features gathered across ranks (local-loss formulation); samples without a caption or a clip are masked
+out of the pairs that need them, not dropped (``prismrl.losses.multimodal``).
 
 Validation embeds the whole validation set and reports, at every Matryoshka dim and the full dim,
-image->text and text->image recall@{1,5,10} (items sharing a class are mutual positives) and
-zero-shot classification accuracy from class prompts.
+image->text and text->image recall@{1,5,10} (items sharing a class are mutual positives) and zero-shot
+classification accuracy from class prompts; with audio also audio<->text and audio<->image recall and the
+audio zero-shot accuracy at the full dim.
 """
 
 from __future__ import annotations
@@ -20,20 +25,25 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
 
+from prismrl.data.audio import SAMPLING_RATE, unpad_waveforms
 from prismrl.data.batches import ImageTextBatch
 from prismrl.data.loaders import load_pending_dataloader_states
 from prismrl.data.text_dropout import apply_text_dropout
 from prismrl.evaluation.retrieval import positives_from_labels, recall_at_k, zero_shot_accuracy
 from prismrl.losses.contrastive import ContrastiveKind, build_contrastive_loss
 from prismrl.losses.matryoshka import MatryoshkaContrastiveLoss, validate_matryoshka_dims
+from prismrl.losses.multimodal import Pair, multimodal_contrastive_loss, pair_name
 from prismrl.lightning_modules.hparams import built_from_config
 from prismrl.optim import encoder_head_adamw
 
 RECALL_KS = (1, 5, 10)
+IMAGE_TEXT: Pair = ("image", "text")
+AUDIO_PAIRS: tuple[Pair, ...] = (("audio", "text"), ("audio", "image"))
+_SHORT = {"image": "i", "text": "t", "audio": "a"}  # metric names: i2t, a2t, a2i, ...
 
 
 class AlignmentModule(LightningModule):
-    """Aligns images and texts in one embedding space with contrastive + Matryoshka losses.
+    """Aligns images, texts (and audio) in one embedding space with contrastive + Matryoshka losses.
 
     Args:
         image_tower: module mapping pixel_values [B, 3, H, W] -> [B, D] (e.g. ``EmbeddingTower``).
@@ -52,6 +62,9 @@ class AlignmentModule(LightningModule):
         warmup_ratio, min_lr_ratio: linear warmup over this fraction of steps, then cosine to min_lr_ratio * lr.
         class_names: class names for zero-shot evaluation (default: the datamodule's ``class_names``).
         zero_shot_templates: prompts with one ``{}`` for the class name (default: the datamodule's, else "a photo of {}").
+        audio_tower: optional module mapping (input_features, feature_mask) -> [B, D] whose ``encoder`` has
+            ``featurize(waveforms, sampling_rate)`` (e.g. ``EmbeddingTower`` over ``WhisperAudioEncoder``).
+        pair_weights: loss weight per pair name ("image_text", "audio_text", "audio_image"); default 1 each.
     """
 
     def __init__(
@@ -75,11 +88,13 @@ class AlignmentModule(LightningModule):
         min_lr_ratio: float = 0.0,
         class_names: list[str] | None = None,
         zero_shot_templates: list[str] | None = None,
+        audio_tower: nn.Module | None = None,
+        pair_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI (and load_from_checkpoint of its checkpoints) the towers are saved as their
         # class_path config; built in Python they are modules whose weights the state dict already holds.
-        self.save_hyperparameters(ignore=[] if built_from_config() else ["image_tower", "text_tower"])
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["image_tower", "text_tower", "audio_tower"])
         self.image_tower = image_tower
         self.text_tower = text_tower
         embed_dim = _tower_dim(image_tower, "image_tower")
@@ -96,17 +111,31 @@ class AlignmentModule(LightningModule):
         validate_matryoshka_dims(dims, embed_dim)
         self.embed_dim = embed_dim
         self.eval_dims = [*dims, embed_dim]
-        base = build_contrastive_loss(
-            ContrastiveKind(contrastive), init_temperature=init_temperature,
-            learnable_temperature=learnable_temperature,
-        )
-        self.loss = MatryoshkaContrastiveLoss(
-            base, dims=dims, dim_weights=matryoshka_weights, sample_single_dim=sample_single_dim,
-            full_dim_weight=full_dim_weight, mrl_weight=mrl_weight, full_dim=embed_dim,
-        )
+        self.audio_tower = audio_tower
+        self.pairs = [IMAGE_TEXT, *(AUDIO_PAIRS if audio_tower is not None else ())]
+        if audio_tower is not None:
+            _check_audio_tower(audio_tower, embed_dim)
+        names = [pair_name(p) for p in self.pairs]
+        if unknown := sorted(set(pair_weights or {}) - set(names)):
+            raise ValueError(f"pair_weights: expected keys from {names}, received unknown {unknown}")
+        self.pair_weights = {p: float((pair_weights or {}).get(pair_name(p), 1.0)) for p in self.pairs}
+
+        def pair_loss() -> MatryoshkaContrastiveLoss:
+            base = build_contrastive_loss(
+                ContrastiveKind(contrastive), init_temperature=init_temperature,
+                learnable_temperature=learnable_temperature,
+            )
+            return MatryoshkaContrastiveLoss(
+                base, dims=dims, dim_weights=matryoshka_weights, sample_single_dim=sample_single_dim,
+                full_dim_weight=full_dim_weight, mrl_weight=mrl_weight, full_dim=embed_dim,
+            )
+
+        self.loss = pair_loss()  # image <-> text
+        audio_pairs = {pair_name(p): pair_loss() for p in self.pairs[1:]}  # audio <-> text, audio <-> image
+        self.audio_losses = nn.ModuleDict(audio_pairs) if audio_pairs else None
         self.class_names = class_names
         self.zero_shot_templates = zero_shot_templates
-        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._val_outputs: list[dict[str, torch.Tensor]] = []
 
     # ----- embedding API (used by callbacks, notebooks, predict) -----
     def embed_images(self, pixel_values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -116,6 +145,34 @@ class AlignmentModule(LightningModule):
     def embed_texts(self, texts: list[str], dim: int | None = None) -> torch.Tensor:
         """L2-normalized text embeddings [B, dim or D]."""
         return _normalized_prefix(self.text_tower.encode_texts(texts), dim)
+
+    def embed_audio(self, waveforms: list, sampling_rate: int = SAMPLING_RATE, dim: int | None = None) -> torch.Tensor:
+        """L2-normalized audio embeddings [B, dim or D] of mono (or channel-first) waveforms at any rate."""
+        return _normalized_prefix(self._audio_features(waveforms, sampling_rate), dim)
+
+    def _audio_features(self, waveforms: list, sampling_rate: int = SAMPLING_RATE) -> torch.Tensor:
+        if self.audio_tower is None:
+            raise ValueError("audio_tower: this AlignmentModule was built without an audio tower")
+        inputs = self.audio_tower.encoder.featurize(waveforms, sampling_rate)  # log-mel on the CPU
+        device = next(self.audio_tower.parameters()).device
+        return self.audio_tower(inputs["input_features"].to(device), inputs["feature_mask"].to(device))  # [B, D]
+
+    def _features(self, batch: ImageTextBatch, captions: list[str]) -> tuple[dict, dict]:
+        """Unnormalized features {modality: [B, D]} and presence masks {modality: [B] bool or None}."""
+        features = {"image": self.image_tower(batch.pixel_values), "text": self.text_tower.encode_texts(captions)}
+        presence = {"text": batch.caption_mask if batch.caption_mask.numel() else None}
+        if self.audio_tower is not None:
+            if not batch.has_audio:
+                raise ValueError("batch.audio: the model has an audio_tower but the batch carries no audio "
+                                 "(set the datamodule's audio_column / audio_key)")
+            # rows without a clip are encoded as a short silence so every rank runs every weight; masked below
+            features["audio"] = self._audio_features(unpad_waveforms(batch.audio, batch.audio_lengths))
+            presence["audio"] = batch.audio_mask
+        return features, presence
+
+    def _pair_losses(self) -> dict[Pair, MatryoshkaContrastiveLoss]:
+        audio = {p: self.audio_losses[pair_name(p)] for p in self.pairs[1:]} if self.audio_losses is not None else {}
+        return {IMAGE_TEXT: self.loss, **audio}
 
     # ----- training -----
     def setup(self, stage: str) -> None:
@@ -133,17 +190,16 @@ class AlignmentModule(LightningModule):
 
     def training_step(self, batch: ImageTextBatch, batch_idx: int) -> torch.Tensor:
         captions = apply_text_dropout(batch.captions, self.hparams.text_dropout) if self.hparams.text_dropout else batch.captions
-        image_features = self.image_tower(batch.pixel_values)  # [B, D]
-        text_features = self.text_tower.encode_texts(captions)  # [B, D]
-        out = self.loss(image_features, text_features)
-        batch_size = len(batch)
-        self.log("train/loss", out.total, prog_bar=True, batch_size=batch_size)
-        self.log("train/loss_full", out.full, batch_size=batch_size)
-        if out.per_dim:
-            self.log("train/loss_mrl", out.mrl, batch_size=batch_size)
-            for dim, value in out.per_dim.items():
-                self.log(f"train/loss_d{dim}", value, batch_size=batch_size)
-        self.log("train/temperature", self.loss.base_loss.temperature, batch_size=batch_size)
+        features, presence = self._features(batch, captions)
+        out = multimodal_contrastive_loss(features, self._pair_losses(), presence, self.pair_weights)
+        self.log("train/loss", out.total, prog_bar=True, batch_size=len(batch))
+        for pair, loss in self._pair_losses().items():  # image-text keeps the bi-modal names, other pairs a prefix
+            tag, part = ("train/" if pair == IMAGE_TEXT else f"train/{pair_name(pair)}/"), out.pairs[pair]
+            values = {"loss_full": part.full, "temperature": loss.base_loss.temperature}
+            values.update({} if pair == IMAGE_TEXT else {"loss": part.total})
+            if part.per_dim:
+                values.update({"loss_mrl": part.mrl, **{f"loss_d{d}": v for d, v in part.per_dim.items()}})
+            self.log_dict({tag + name: value for name, value in values.items()}, batch_size=len(batch))
         return out.total
 
     # ----- evaluation -----
@@ -160,42 +216,56 @@ class AlignmentModule(LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: ImageTextBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"image": self.embed_images(batch.pixel_values), "text": self.embed_texts(batch.captions), "labels": batch.labels}
+        out = {"image": self.embed_images(batch.pixel_values), "text": self.embed_texts(batch.captions), "labels": batch.labels}
+        if self.audio_tower is not None and batch.has_audio:
+            out["audio"] = self.embed_audio(unpad_waveforms(batch.audio, batch.audio_lengths))
+            out["audio_mask"] = batch.audio_mask
+        return out
 
     def _eval_step(self, batch: ImageTextBatch, prefix: str) -> None:
-        image_features = self.image_tower(batch.pixel_values)
-        text_features = self.text_tower.encode_texts(batch.captions)
-        self.log(f"{prefix}/loss", self.loss(image_features, text_features).total, batch_size=len(batch), sync_dist=True)
+        features, presence = self._features(batch, batch.captions)
+        loss = multimodal_contrastive_loss(features, self._pair_losses(), presence, self.pair_weights).total
+        self.log(f"{prefix}/loss", loss, batch_size=len(batch), sync_dist=True)
+        device = features["image"].device
         labels = batch.labels if batch.labels.numel() else torch.full((len(batch),), -1, dtype=torch.long)
-        self._val_outputs.append((image_features.float(), text_features.float(), labels.to(image_features.device)))
+        step = {name: x.float() for name, x in features.items()}
+        masks = {"text_mask": batch.text_mask, "audio_mask": batch.audio_mask}  # gathered as ints, compared as bools
+        step.update(labels=labels.to(device), **{name: mask.to(device, torch.long) for name, mask in masks.items()})
+        self._val_outputs.append(step)
 
     def _eval_epoch_end(self, prefix: str) -> None:
         if not self._val_outputs:
             return
-        images, texts, labels = (torch.cat(parts) for parts in zip(*self._val_outputs))
+        gathered = {key: torch.cat([step[key] for step in self._val_outputs]) for key in self._val_outputs[0]}
         self._val_outputs.clear()
-        if self.trainer.world_size > 1:  # every rank computes the metrics on the full set
-            images, texts, labels = (self.all_gather(t).flatten(0, 1) for t in (images, texts, labels))  # pairs stay aligned
-        positives = positives_from_labels(labels, labels) if (labels >= 0).any() else torch.eye(len(labels), dtype=torch.bool)
-        class_features = self._class_prompt_features() if self.class_names and (labels >= 0).all() else None
+        if self.trainer.world_size > 1:  # every rank computes the metrics on the full set; pairs stay aligned
+            gathered = {key: self.all_gather(t).flatten(0, 1) for key, t in gathered.items()}
+        labels, full = gathered["labels"], self.embed_dim
+        rows = {"text": gathered["text_mask"] > 0, "audio": gathered["audio_mask"] > 0}
+        rows["image"] = torch.ones_like(rows["text"])
         metrics: dict[str, float] = {}
-        for dim in self.eval_dims:
-            img, txt = _normalized_prefix(images, dim), _normalized_prefix(texts, dim)
-            similarity = img @ txt.T  # [N, N]
-            for k, value in recall_at_k(similarity, positives, RECALL_KS).items():
-                metrics[f"{prefix}/i2t_recall@{k}_d{dim}"] = value
-            for k, value in recall_at_k(similarity.T, positives.T, RECALL_KS).items():
-                metrics[f"{prefix}/t2i_recall@{k}_d{dim}"] = value
-            if class_features is not None:
-                metrics[f"{prefix}/zero_shot_acc_d{dim}"] = zero_shot_accuracy(img, _normalized_prefix(class_features, dim), labels)
-        full = self.embed_dim
-        metrics[f"{prefix}/mean_recall@1"] = 0.5 * (metrics[f"{prefix}/i2t_recall@1_d{full}"] + metrics[f"{prefix}/t2i_recall@1_d{full}"])
+        for pair in self.pairs:
+            both = rows[pair[0]] & rows[pair[1]]  # rows where the pair is present
+            if both.any():
+                query, gallery = gathered[pair[0]][both], gathered[pair[1]][both]
+                recalls = _pair_recalls(query, gallery, labels[both], self.eval_dims, pair)
+                headline = "mean_recall@1" if pair == IMAGE_TEXT else f"{pair_name(pair)}_mean_recall@1"
+                recalls[headline] = 0.5 * sum(v for k, v in recalls.items() if k.endswith(f"_recall@1_d{full}"))
+                metrics.update({f"{prefix}/{k}": v for k, v in recalls.items()})
+        class_features = self._class_prompt_features() if self.class_names and (labels >= 0).all() else None
         if class_features is not None:
+            for dim in self.eval_dims:
+                img, classes = _normalized_prefix(gathered["image"], dim), _normalized_prefix(class_features, dim)
+                metrics[f"{prefix}/zero_shot_acc_d{dim}"] = zero_shot_accuracy(img, classes, labels)
             metrics[f"{prefix}/zero_shot_acc"] = metrics[f"{prefix}/zero_shot_acc_d{full}"]
+            if "audio" in gathered and rows["audio"].any():  # spoken clip -> nearest class prompt
+                audio = gathered["audio"][rows["audio"]]
+                metrics[f"{prefix}/audio_zero_shot_acc"] = zero_shot_accuracy(audio, class_features, labels[rows["audio"]])
         headline = f"{prefix}/mean_recall@1"
         # every rank computed the same values on the gathered set; sync_dist only keeps Lightning's bookkeeping uniform
         self.log_dict({k: v for k, v in metrics.items() if k != headline}, sync_dist=True)
-        self.log(headline, metrics[headline], prog_bar=True, sync_dist=True)
+        if headline in metrics:  # absent only when no validation sample has a caption
+            self.log(headline, metrics[headline], prog_bar=True, sync_dist=True)
 
     @torch.no_grad()
     def _class_prompt_features(self) -> torch.Tensor:
@@ -208,7 +278,8 @@ class AlignmentModule(LightningModule):
     # ----- optimization -----
     def configure_optimizers(self):
         hp = self.hparams
-        encoders = {id(p) for tower in (self.image_tower, self.text_tower) for p in _encoder_parameters(tower)}
+        towers = (self.image_tower, self.text_tower, *([self.audio_tower] if self.audio_tower is not None else []))
+        encoders = {id(p) for tower in towers for p in _encoder_parameters(tower)}
         return encoder_head_adamw(
             self.named_parameters(), encoders, lr=hp.lr, encoder_lr=hp.encoder_lr, weight_decay=hp.weight_decay,
             betas=hp.betas, total_steps=int(self.trainer.estimated_stepping_batches), warmup_ratio=hp.warmup_ratio,
@@ -230,6 +301,32 @@ def _tower_dim(tower: nn.Module, field: str) -> int:
     if not isinstance(dim, int) or dim <= 0:
         raise TypeError(f"{field}: expected a module with a positive int `embed_dim`, received {type(tower).__name__}")
     return dim
+
+
+def _check_audio_tower(tower: nn.Module, embed_dim: int) -> None:
+    if _tower_dim(tower, "audio_tower") != embed_dim:
+        raise ValueError(
+            f"audio_tower.embed_dim: expected the image tower's embed_dim {embed_dim}, received {tower.embed_dim}"
+        )
+    if not callable(getattr(getattr(tower, "encoder", None), "featurize", None)):
+        raise TypeError(
+            "audio_tower: expected a tower whose encoder has featurize(waveforms, sampling_rate) (e.g. an "
+            f"EmbeddingTower over WhisperAudioEncoder), received {type(tower).__name__} with encoder "
+            f"{type(getattr(tower, 'encoder', None)).__name__}"
+        )
+
+
+def _pair_recalls(query: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor, dims: list[int],
+                  pair: Pair) -> dict[str, float]:
+    """``{a}2{b}_recall@k_d{dim}`` and ``{b}2{a}_...`` for paired rows [N, D] (rows sharing a class are positives)."""
+    positives = positives_from_labels(labels, labels) if (labels >= 0).any() else torch.eye(len(labels), dtype=torch.bool)
+    forward, backward = (f"{_SHORT[x]}2{_SHORT[y]}" for x, y in (pair, pair[::-1]))
+    metrics: dict[str, float] = {}
+    for dim in dims:
+        similarity = _normalized_prefix(query, dim) @ _normalized_prefix(gallery, dim).T  # [N, N]
+        for name, sim, pos in ((forward, similarity, positives), (backward, similarity.T, positives.T)):
+            metrics.update({f"{name}_recall@{k}_d{dim}": v for k, v in recall_at_k(sim, pos, RECALL_KS).items()})
+    return metrics
 
 
 def _encoder_parameters(tower: nn.Module) -> list[nn.Parameter]:

@@ -9,6 +9,7 @@ from prismrl.losses.contrastive import (
     build_contrastive_loss,
 )
 from prismrl.losses.gather import gather_features, rank_and_world
+from prismrl.losses.multimodal import MultimodalLossOutput, multimodal_contrastive_loss, pair_name
 from prismrl.losses.matryoshka import (
     MatryoshkaContrastiveLoss,
     MatryoshkaLossOutput,
@@ -16,6 +17,9 @@ from prismrl.losses.matryoshka import (
 )
 
 __all__ = [
+    "MultimodalLossOutput",
+    "multimodal_contrastive_loss",
+    "pair_name",
     "CONTRASTIVE_LOSSES",
     "ClipLoss",
     "ContrastiveKind",

@@ -1,0 +1,57 @@
+"""The tri-modal digits set (``prismrl.data.trimodal_digits``) as a DataModule, through the Parquet /
+WebDataset DataModules users run (their ``audio_column`` / ``audio_key`` and ``optional_captions``)."""
+
+from __future__ import annotations
+
+from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from prismrl.data.trimodal_digits import DEFAULT_VAL_VOICES, TriModalDigitsConfig, ensure_trimodal_digits
+from prismrl.datamodules.digits import DigitsDataModule
+from prismrl.datamodules.parquet import ParquetDataModule
+from prismrl.datamodules.webdataset import WebDataModule
+
+
+class TriModalDigitsDataModule(DigitsDataModule):
+    """Digit images + captions + spoken number words; batches are ``ImageTextBatch``es with ``audio``,
+    ``audio_lengths`` (0 = no clip) and ``caption_mask`` (False = no caption).
+
+    As ``DigitsDataModule`` (same loader arguments, class names and zero-shot templates), over the tri-modal
+    cache built by ``prepare_data`` (missing-modality rates, held-out validation voices and split set by the
+    ``TriModalDigitsConfig`` fields): ``format="parquet"`` (exact mid-epoch resume) or ``"webdataset"``.
+    """
+
+    def __init__(
+        self,
+        format: str = "parquet",
+        root: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 64,
+        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        image_std: tuple[float, float, float] = IMAGENET_STD,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        missing_text_fraction: float = 0.1,
+        missing_audio_fraction: float = 0.1,
+        val_voices: list[str] | None = None,
+        val_fraction: float = 0.2,
+        data_seed: int = 0,
+    ) -> None:
+        super().__init__(format, root, batch_size, num_workers, image_size, image_mean, image_std, seed, samples_per_epoch)
+        self.config = TriModalDigitsConfig(missing_text_fraction, missing_audio_fraction,
+                                           tuple(val_voices or DEFAULT_VAL_VOICES), val_fraction, data_seed)
+
+    def prepare_data(self) -> None:
+        ensure_trimodal_digits(self.root, self.config)
+
+    def _build_inner(self) -> ParquetDataModule | WebDataModule:
+        files = ensure_trimodal_digits(self.root, self.config)
+        common = dict(class_names=self.class_names, optional_captions=True, batch_size=self.batch_size,
+                      num_workers=self.num_workers, image_size=self.image_size, image_mean=self.image_mean,
+                      image_std=self.image_std, seed=self.seed)
+        if self.format == "parquet":
+            return ParquetDataModule(train_path=str(files.train_parquet), val_path=str(files.val_parquet),
+                                     image_column="image", caption_column="caption", label_column="label",
+                                     audio_column="audio", **common)
+        return WebDataModule(train_shards=files.train_shards, val_shards=files.val_shards, image_keys="png",
+                             caption_key="txt", label_key="json:label", audio_key="wav",
+                             samples_per_epoch=self.samples_per_epoch or files.num_train, **common)
