@@ -25,6 +25,8 @@ class ImageTextBatch:
         has no audio (encoded by the audio tower, which brings its own feature extractor).
     audio_lengths: [B] long samples per clip, 0 where the sample has no audio; empty when ``audio`` is.
     caption_mask: [B] bool, False where the sample has no caption (its caption is ""); empty = all present.
+    rewards / actions: [B] float32 logged rewards and [B] long logged action ids, or empty when the source
+        has no logged feedback.
     """
 
     pixel_values: torch.Tensor
@@ -34,6 +36,8 @@ class ImageTextBatch:
     audio: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
     audio_lengths: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     caption_mask: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))
+    rewards: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    actions: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
     def __len__(self) -> int:
         return int(self.pixel_values.shape[0])

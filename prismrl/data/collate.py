@@ -22,6 +22,7 @@ class ImageTextSample:
     audio: float32 mono 16 kHz waveform [N]; an empty [0] tensor when the source has audio but this sample
         has none; None when the source has no audio at all.
     has_caption: False when the sample has no caption (``caption`` is then "").
+    reward / action: logged feedback (the reward the logged action earned), None when the source has none.
     """
 
     pixel_values: torch.Tensor
@@ -30,6 +31,8 @@ class ImageTextSample:
     sample_id: str = ""
     audio: torch.Tensor | None = None
     has_caption: bool = True
+    reward: float | None = None
+    action: int | None = None
 
 
 def collate_image_text(samples: Sequence[ImageTextSample]) -> ImageTextBatch:
@@ -49,6 +52,12 @@ def collate_image_text(samples: Sequence[ImageTextSample]) -> ImageTextBatch:
     if any(s.audio is not None for s in samples):
         clips = [s.audio if s.audio is not None and s.audio.numel() else None for s in samples]
         batch.audio, batch.audio_lengths = pad_waveforms(clips)  # [B, N], [B]
+    for name, dtype in (("reward", torch.float32), ("action", torch.long)):
+        values = [getattr(s, name) for s in samples]
+        if any(v is not None for v in values):
+            if any(v is None for v in values):
+                raise ValueError(f"collate_image_text: {name} is missing for some samples of the batch")
+            setattr(batch, f"{name}s", torch.tensor(values, dtype=dtype))  # [B]
     if not all(s.has_caption for s in samples):
         batch.caption_mask = torch.tensor([s.has_caption for s in samples], dtype=torch.bool)  # [B]
     return batch

@@ -12,8 +12,13 @@ Text alone pins the label down to 1 of 3-6 candidates (Bayes accuracy about 0.28
 is about 0.72 with a linear (LDA) model on the pixels; both together about 0.85 (seen with the defaults).
 Every random draw comes from generators seeded with ``seed`` and the row, so a build is deterministic.
 
+Each row also carries logged bandit feedback for off-line RL: ``logged_action``, a digit drawn uniformly at
+random (a uniform logging policy, its own per-row generator), and ``logged_reward`` = 1 if it equals the label
+else 0.
+
 Written once into a content-keyed cache directory as Parquet (train.parquet, val.parquet; columns
-image, caption, label, label_name, hint_set) with a stratified split; published with one atomic rename.
+image, caption, label, label_name, hint_set, logged_action, logged_reward) with a stratified split; published
+with one atomic rename.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pyarrow as pa
 from prismrl.cache import cache_dir, content_key, publish_cache_dir
 from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split, write_digit_parquet
 
-FUSION_DIGITS_VERSION = 1
+FUSION_DIGITS_VERSION = 2  # 2: logged_action / logged_reward columns
 HINT_PREFIXES = ["a noisy handwritten digit", "a blurred scan of a digit", "a partly hidden handwritten number"]
 PROPERTY_HINTS: dict[str, tuple[str, str, frozenset[int]]] = {
     # family: (text if the label has the property, text if not, the property's digits)
@@ -107,13 +112,19 @@ def _records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, config: F
         label = int(labels[row])
         text, candidates = make_hint(label, rng, config)
         ink = degrade_digit(images[row], rng, config.noise_std, config.occlusion_size)
-        records.append({"png": render_digit(ink), "caption": text, "label": label, "hint_set": candidates})
+        action = int(np.random.default_rng([config.seed, int(row), 1]).integers(0, len(DIGIT_NAMES)))
+        records.append({"png": render_digit(ink), "caption": text, "label": label, "hint_set": candidates,
+                        "logged_action": action, "logged_reward": float(action == label)})
     return records
 
 
 def _write_parquet(records: list[dict], path: Path) -> None:
     hint_sets = pa.array([r["hint_set"] for r in records], type=pa.list_(pa.int64()))
-    write_digit_parquet(records, path, {"hint_set": hint_sets})
+    write_digit_parquet(records, path, {
+        "hint_set": hint_sets,
+        "logged_action": pa.array([r["logged_action"] for r in records], type=pa.int64()),
+        "logged_reward": pa.array([r["logged_reward"] for r in records], type=pa.float32()),
+    })
 
 
 def _build(tmp: Path, config: FusionDigitsConfig) -> None:

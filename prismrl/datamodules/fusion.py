@@ -15,6 +15,8 @@ class FusionDigitsDataModule(DelegatingDataModule):
     ``prepare_data`` builds the cache once (degradation and hints set by the ``FusionDigitsConfig``
     fields); ``setup`` delegates to a ``ParquetDataModule`` over its train/val files (columns image,
     caption, label), so batches are ``ImageTextBatch``es and mid-epoch resume is exact.
+    ``logged_feedback=True`` also reads the logged_reward / logged_action columns (a uniform logging
+    policy's actions and their rewards) into ``batch.rewards`` / ``batch.actions``.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class FusionDigitsDataModule(DelegatingDataModule):
         set_size: int = 3,
         val_fraction: float = 0.2,
         data_seed: int = 0,
+        logged_feedback: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -39,6 +42,7 @@ class FusionDigitsDataModule(DelegatingDataModule):
         self.config = FusionDigitsConfig(noise_std, occlusion_size, set_hint_probability, set_size, val_fraction, data_seed)
         self.loader_settings = dict(batch_size=batch_size, num_workers=num_workers, image_size=image_size,
                                     image_mean=tuple(image_mean), image_std=tuple(image_std), seed=seed)
+        self.logged_columns = dict(reward_column="logged_reward", action_column="logged_action") if logged_feedback else {}
         self.inner: ParquetDataModule | None = None
 
     @property
@@ -52,5 +56,6 @@ class FusionDigitsDataModule(DelegatingDataModule):
         files = ensure_fusion_digits(self.root, self.config)
         return ParquetDataModule(
             train_path=str(files.train_parquet), val_path=str(files.val_parquet), image_column="image",
-            caption_column="caption", label_column="label", class_names=self.class_names, **self.loader_settings,
+            caption_column="caption", label_column="label", class_names=self.class_names, **self.logged_columns,
+            **self.loader_settings,
         )

@@ -3,7 +3,9 @@
 Columns: an image column of encoded bytes (``image_column``) or of file paths relative to the Parquet
 file's folder (``image_path_column``), a caption column (nulls mark samples without text when
 ``optional_captions``), an optional integer label column (null or -1 = no class) and an optional column of
-WAV bytes (``audio_column``; null = no audio for that sample). The file is never loaded whole: the dataset
+WAV bytes (``audio_column``; null = no audio for that sample), and logged feedback for RL: a reward
+column (``reward_column``, numbers) with the logged action ids (``action_column``) -> ``batch.rewards`` /
+``batch.actions`` [B]. The file is never loaded whole: the dataset
 indexes row groups from the footer metadata and keeps a few decoded row groups in a small LRU cache.
 Training shuffles row-group order and mixes samples inside windows of ``row_group_window`` row groups, so
 each row group is read about once per epoch per worker. ``setup`` checks columns, captions and labels by
@@ -96,10 +98,12 @@ class ParquetImageTextDataset(Dataset):
 
     def __init__(self, rows: ParquetRowGroupDataset, image_column: str | None, image_path_column: str | None,
                  caption_column: str, label_column: str | None, transform: ImageTransform,
-                 audio_column: str | None = None) -> None:
+                 audio_column: str | None = None, reward_column: str | None = None,
+                 action_column: str | None = None) -> None:
         self.rows, self.transform = rows, transform
         self.image_column, self.image_path_column = image_column, image_path_column
         self.caption_column, self.label_column, self.audio_column = caption_column, label_column, audio_column
+        self.reward_column, self.action_column = reward_column, action_column
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -129,6 +133,8 @@ class ParquetImageTextDataset(Dataset):
             sample_id=f"{name}:{row}",
             audio=audio,
             has_caption=caption is not None,
+            reward=None if self.reward_column is None else float(record[self.reward_column]),
+            action=None if self.action_column is None else int(record[self.action_column]),
         )
 
 
@@ -138,7 +144,31 @@ _COLUMN_TYPES = {
     "caption_column": ("strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
     "label_column": ("integers", pa.types.is_integer),
     "audio_column": ("WAV file bytes", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
+    "reward_column": ("numbers", lambda t: pa.types.is_integer(t) or pa.types.is_floating(t)),
+    "action_column": ("integers", pa.types.is_integer),
 }
+
+
+def check_logged_feedback(file: pq.ParquetFile, name: str, reward: str | None, action: str | None) -> None:
+    """Logged rewards must be finite and non-null, logged actions non-null and >= 0 (checked before training)."""
+    if action is not None and reward is None:
+        raise ValueError("action_column: logged actions need their rewards; set reward_column too")
+    for batch, start in _batches_with_offsets(file, [c for c in (reward, action) if c is not None]):
+        for column, ok, what in ((reward, np.isfinite, "a finite number"), (action, lambda v: v >= 0, "an id >= 0")):
+            if column is None:
+                continue
+            values = np.array([np.nan if v is None else v for v in batch.column(column).to_pylist()], dtype=np.float64)
+            bad = np.flatnonzero(~(ok(values) & ~np.isnan(values)))
+            if len(bad):
+                raise ValueError(f"{'reward' if column == reward else 'action'}_column: row {start + int(bad[0])} of "
+                                 f"{name} holds {values[bad[0]]}, expected {what}")
+
+
+def _batches_with_offsets(file: pq.ParquetFile, columns: list[str]):
+    row = 0
+    for batch in file.iter_batches(batch_size=4096, columns=columns):
+        yield batch, row
+        row += batch.num_rows
 
 
 def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_classes: int | None,
@@ -174,6 +204,7 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
                     f"[0, {num_classes}) (the class_names range; -1 or null = no class)"
                 )
         row += batch.num_rows
+    check_logged_feedback(file, path.name, columns.get("reward_column"), columns.get("action_column"))
     return row
 
 
@@ -219,6 +250,8 @@ class ParquetDataModule(LightningDataModule):
         class_names: list[str] | None = None,
         audio_column: str | None = None,
         optional_captions: bool = False,
+        reward_column: str | None = None,
+        action_column: str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         image_size: int = 224,
@@ -247,6 +280,7 @@ class ParquetDataModule(LightningDataModule):
         self.image_column, self.image_path_column = image_column, image_path_column
         self.caption_column, self.label_column = caption_column, label_column
         self.audio_column, self.optional_captions = audio_column, optional_captions
+        self.reward_column, self.action_column = reward_column, action_column
         self.batch_size, self.num_workers, self.row_group_window = batch_size, num_workers, row_group_window
         self._class_names = list(class_names) if class_names is not None else None
         self._class_names_read = class_names is not None or label_column is None
@@ -265,13 +299,15 @@ class ParquetDataModule(LightningDataModule):
     def _columns(self) -> dict[str, str | None]:
         return {"image_column": self.image_column, "image_path_column": self.image_path_column,
                 "caption_column": self.caption_column, "label_column": self.label_column,
-                "audio_column": self.audio_column}
+                "audio_column": self.audio_column, "reward_column": self.reward_column,
+                "action_column": self.action_column}
 
     def _dataset(self, path: Path, rows: np.ndarray | None) -> ParquetImageTextDataset:
         columns = [c for c in self._columns().values() if c is not None]
         reader = ParquetRowGroupDataset(path, columns, rows, cache_row_groups=self.row_group_window + 1)
         return ParquetImageTextDataset(reader, self.image_column, self.image_path_column,
-                                       self.caption_column, self.label_column, self.transform, self.audio_column)
+                                       self.caption_column, self.label_column, self.transform, self.audio_column,
+                                       self.reward_column, self.action_column)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

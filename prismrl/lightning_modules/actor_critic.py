@@ -4,6 +4,8 @@ One training step:
     s        = CrossModalFusion(text_encoder(captions).tokens, vision_encoder(pixels).tokens)   # [B, H]
     a ~ pi(.|s), V(s), s' = s + E[a]                              (ActorCriticHead; argmax a at eval)
     r        = 1 if a == label else wrong_action_reward           (or the batch's ``rewards`` [B] / [B, T])
+               (a batch with logged ``actions`` [B] and ``rewards`` [B], e.g. Parquet reward/action columns,
+                trains on that logged feedback: a = the logged action)
     L_sup    = CE(classifier(s'), label)
     L_rl     = -mean(A log pi(a|s)) + value_coef * mean((V(s) - G)^2) - entropy_coef * mean(H(pi)),  A = G - V(s)
     loss     = supervised_weight * L_sup [supervised, combined] + rl_weight * L_rl [rl, combined]
@@ -63,7 +65,9 @@ def _parse(enum: type[Enum], value: Any, field: str) -> Any:
 
 
 def _field(batch: Any, name: str) -> Any:
-    return batch.get(name) if isinstance(batch, dict) else getattr(batch, name, None)
+    """``batch[name]`` / ``batch.name``; None when absent or an empty tensor (a column the source lacks)."""
+    value = batch.get(name) if isinstance(batch, dict) else getattr(batch, name, None)
+    return None if isinstance(value, Tensor) and value.numel() == 0 else value
 
 
 class ActorCriticModule(LightningModule):
@@ -188,9 +192,21 @@ class ActorCriticModule(LightningModule):
             text.mask if text is not None else None, vision.mask if vision is not None else None,
         )
 
-    def forward(self, batch: Any, greedy: bool | None = None) -> tuple[ActorCriticOutput, Tensor | None]:
-        """(ActorCriticOutput, classifier logits ``[B, num_classes]`` or None)."""
-        out = self.head(self.fuse(batch), greedy=greedy)
+    def forward(self, batch: Any, greedy: bool | None = None, logged_actions: bool = True
+                ) -> tuple[ActorCriticOutput, Tensor | None]:
+        """(ActorCriticOutput, classifier logits ``[B, num_classes]`` or None).
+
+        A batch with logged ``actions`` [B] (logged bandit feedback) is evaluated at those actions: their
+        log-probs, and the reasoned state built from their embeddings; ``logged_actions=False`` ignores them.
+        """
+        return self._heads(self.fuse(batch), greedy, _field(batch, "actions") if logged_actions else None)
+
+    def _heads(self, state: Tensor, greedy: bool | None, actions: Tensor | None) -> tuple[ActorCriticOutput, Tensor | None]:
+        if actions is not None and (actions.dtype != torch.long or actions.shape != state.shape[:1]
+                                    or bool(((actions < 0) | (actions >= self.num_actions)).any())):
+            raise ValueError(f"batch.actions: expected logged action ids [{state.shape[0]}] in [0, {self.num_actions}), "
+                             f"received {actions.dtype} {tuple(actions.shape)} with values {actions.tolist()[:8]}")
+        out = self.head(state, greedy=greedy, actions=actions)
         return out, self.classifier(out.reasoned_state) if self.classifier is not None else None
 
     # ----- losses -----
@@ -210,7 +226,8 @@ class ActorCriticModule(LightningModule):
         return labels
 
     def _step(self, batch: Any, stage: str) -> Tensor:
-        out, class_logits = self(batch)
+        state, logged = self.fuse(batch), _field(batch, "actions")
+        out, class_logits = self._heads(state, None, logged)
         batch_size = out.actions.shape[0]
         rewards = _field(batch, "rewards")
         use_sup, use_rl = MODE_TERMS[self._mode]
@@ -237,6 +254,8 @@ class ActorCriticModule(LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_step=on_step, on_epoch=not on_step,
                      batch_size=batch_size, sync_dist=not on_step)
         if stage != "train" and labels is not None:
+            if logged is not None:  # predict with the model's own (greedy) action, not the logged one
+                out, class_logits = self._heads(state, True, None)
             predictions = out.actions if self._mode == TrainingMode.RL or class_logits is None else class_logits.argmax(-1)
             for name in ("acc", "f1_macro"):
                 metric = self.metrics[f"{stage}_{name}"]
@@ -258,7 +277,7 @@ class ActorCriticModule(LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        out, class_logits = self(batch, greedy=True)
+        out, class_logits = self(batch, greedy=True, logged_actions=False)
         result = {"actions": out.actions, "values": out.values, "policy_probs": out.logits.softmax(-1)}
         if class_logits is not None:
             result["class_probs"] = class_logits.softmax(-1)

@@ -22,12 +22,15 @@ def built(tmp_path_factory):
 def test_build_writes_stratified_parquet_with_hint_sets(built):
     train, val = pq.read_table(built.train_parquet).to_pylist(), pq.read_table(built.val_parquet).to_pylist()
     assert (built.num_train, built.num_val) == (len(train), len(val)) and len(train) + len(val) == 1797
-    assert set(train[0]) == {"image", "caption", "label", "label_name", "hint_set"}
+    assert set(train[0]) == {"image", "caption", "label", "label_name", "hint_set", "logged_action", "logged_reward"}
     assert np.bincount([r["label"] for r in val], minlength=10).min() >= 35  # every class held out
     for row in train + val:
         assert row["label"] in row["hint_set"] and row["hint_set"] == sorted(row["hint_set"])
         assert 3 <= len(row["hint_set"]) <= 6 and row["caption"].strip()
     assert Image.open(io.BytesIO(train[0]["image"])).size == (32, 32)
+    actions = np.array([r["logged_action"] for r in train])  # a uniform logging policy over the 10 digits
+    assert np.bincount(actions, minlength=10).min() > 0.6 * len(train) / 10
+    assert all(r["logged_reward"] == float(r["logged_action"] == r["label"]) for r in train + val)
 
 
 def test_build_is_deterministic_and_seed_dependent(built, tmp_path):

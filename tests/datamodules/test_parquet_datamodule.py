@@ -196,3 +196,44 @@ def test_rank_shards_do_not_overlap(parquet_file):
         seen.append(set(ids))
     assert not seen[0] & seen[1]
     assert np.all([len(s) == 20 for s in seen])
+
+
+def test_logged_reward_and_action_columns_reach_the_batch(tmp_path, writers):
+    rows = writers.make_rows(12)
+    for i, row in enumerate(rows):
+        row["action"], row["reward"] = i % 4, float(i % 4 == row["label"])
+    path = writers.write_parquet(tmp_path / "logged.parquet", rows)
+    dm = module(path, val_path=str(path), reward_column="reward", action_column="action")
+    dm.setup("fit")
+    for batch in dm.val_dataloader():
+        index = [int(s.split(":")[1]) for s in batch.sample_ids]
+        assert batch.actions.dtype == torch.long and batch.actions.tolist() == [i % 4 for i in index]
+        assert batch.rewards.dtype == torch.float32
+        assert batch.rewards.tolist() == [float(i % 4 == i % 3) for i in index]
+    plain = module(path, val_path=str(path))
+    plain.setup("fit")
+    assert next(iter(plain.val_dataloader())).rewards.numel() == 0  # no column: an empty tensor
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda r: r.update(reward=float("nan")), "reward_column: row 5 .* expected a finite number"),
+    (lambda r: r.update(reward=None), "reward_column: row 5"),
+    (lambda r: r.update(action=-2), "action_column: row 5 .* expected an id >= 0"),
+    (lambda r: r.update(reward="good"), "reward_column: column 'reward' .* should hold numbers"),
+])
+def test_bad_logged_feedback_is_named_before_training(tmp_path, writers, edit, match):
+    rows = writers.make_rows(8)
+    for row in rows:
+        row["action"], row["reward"] = 1, 0.0
+    edit(rows[5])
+    if isinstance(rows[5]["reward"], str):
+        for row in rows:
+            row["reward"] = str(row["reward"])
+    path = writers.write_parquet(tmp_path / "bad.parquet", rows)
+    with pytest.raises(ValueError, match=match):
+        module(path, val_path=str(path), reward_column="reward", action_column="action").setup("fit")
+
+
+def test_logged_actions_need_rewards(parquet_file):
+    with pytest.raises(ValueError, match="action_column: logged actions need their rewards"):
+        module(parquet_file, action_column="label").setup("fit")

@@ -81,6 +81,25 @@ def test_batch_rewards_replace_the_label_reward():
     assert torch.isfinite(module._step(unlabeled, "val"))
 
 
+def test_logged_actions_and_rewards_train_the_logged_choice():
+    """Logged bandit feedback: the policy term uses log pi(logged action), the return is the logged reward."""
+    module = _module(mode="combined", normalize_advantages=False).eval()
+    logged, rewards = torch.tensor([2, 3, 5, 0]), torch.tensor([0.0, 1.0, 1.0, 0.0])
+    batch = _batch(actions=logged, rewards=rewards)
+    with torch.no_grad():
+        out, class_logits = module(batch)
+        assert out.actions.tolist() == logged.tolist()
+        torch.testing.assert_close(out.log_probs, torch.log_softmax(out.logits.float(), -1)[torch.arange(4), logged])
+        own, _ = module(batch, logged_actions=False)
+        assert own.actions.tolist() == own.logits.argmax(-1).tolist()
+        rl = actor_critic_losses(out.log_probs, out.values, rewards, out.entropy, False, 0.01, 0.5)
+        expected = torch.nn.functional.cross_entropy(class_logits, batch.labels) + rl.total
+    torch.testing.assert_close(module._step(batch, "val"), expected)
+    for bad in (torch.tensor([2, 3, 5, 10]), torch.tensor([2, 3, -1, 0]), torch.tensor([2.0, 3.0, 5.0, 0.0])):
+        with pytest.raises(ValueError, match="batch.actions"):
+            module(_batch(actions=bad, rewards=rewards))
+
+
 def test_training_step_backpropagates_into_every_trained_part():
     module = _module(mode="combined", encoder_lr=1e-3).train()
     module.training_step(_batch(), 0).backward()
