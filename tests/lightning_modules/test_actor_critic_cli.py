@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-
-from prismrl.cli import build_cli
+from lightning.pytorch.callbacks import Callback
 
 TINY = "configs/actor_critic/tiny.yaml"
 RUN = "runs/actor_critic/tiny"
 
 
-def _cli(repo_root: Path, workdir: Path, *args: str, run: bool = True):
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        return build_cli([*(["fit"] if run else []), "--config", str(repo_root / TINY), *args], run=run)
-    finally:
-        os.chdir(cwd)
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
-def runs(repo_root, tmp_path_factory):
+def runs(cli_tools, tmp_path_factory):
     """One uninterrupted 2-epoch run per mode: {mode: (workdir, cli)}."""
     out = {}
     for mode in ("supervised", "rl", "combined"):
         workdir = tmp_path_factory.mktemp(mode)
-        out[mode] = (workdir, _cli(repo_root, workdir, "--model.init_args.mode", mode))
+        out[mode] = (workdir, cli_tools.run(TINY, workdir, "--model.init_args.mode", mode))
     return out
 
 
@@ -58,9 +42,9 @@ def test_every_mode_trains_and_writes_checkpoints_and_metrics(runs, mode):
     assert {group["initial_lr"] for group in optimizer.param_groups} == {3.0e-3, 1.0e-3}  # head lr, encoder lr
 
 
-def test_modes_train_different_things(repo_root, runs):
+def test_modes_train_different_things(cli_tools, runs):
     """supervised leaves the policy at its initialization, rl leaves the classifier there; combined moves both."""
-    fresh = _cli(repo_root, runs["rl"][0], run=False).model.state_dict()  # seed_everything: the runs' initial weights
+    fresh = cli_tools.run(TINY, runs["rl"][0], run=False).model.state_dict()  # seed_everything: the runs' initial weights
     trained = {mode: runs[mode][1].model.state_dict() for mode in runs}
     policy = [k for k in fresh if k.startswith("head.policy")]
     classifier = [k for k in fresh if k.startswith("classifier")]
@@ -73,35 +57,11 @@ def test_modes_train_different_things(repo_root, runs):
         assert any(not torch.equal(trained[mode][k], fresh[k]) for k in keys), (mode, keys[0])
 
 
-class _CrashAtStep(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize("crash_step", [4, 6])  # at the epoch boundary (4 steps/epoch) and mid-epoch
-def test_resume_after_a_crash_matches_uninterrupted_run(repo_root, tmp_path, runs, crash_step):
-    _, full = runs["combined"]  # sampled actions and dropout: the RNG and data position must both resume
-    args = ("--model.init_args.mode", "combined")
-    cli = _cli(repo_root, tmp_path, *args, run=False)
-    saver = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-    cli.trainer.callbacks.extend([saver, _CrashAtStep(crash_step)])
-    os.chdir(tmp_path)
-    try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        resumed = _cli(repo_root, tmp_path, *args, run=False)
-        resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=tmp_path / "steps" / f"step={crash_step}.ckpt")
-    finally:
-        os.chdir(repo_root)
-    assert resumed.trainer.global_step == full.trainer.global_step
-    expected, actual = _state(full.model), _state(resumed.model)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+def test_resume_after_a_crash_matches_uninterrupted_run(cli_tools, tmp_path, runs, crash_step):
+    # sampled actions and dropout: the RNG and data position must both resume
+    resumed = cli_tools.crash_and_resume(TINY, tmp_path, crash_step, "--model.init_args.mode", "combined")
+    cli_tools.assert_same_run(runs["combined"][1], resumed)
 
 
 class _SwitchMode(Callback):
@@ -112,10 +72,10 @@ class _SwitchMode(Callback):
             pl_module.mode = "combined"
 
 
-def test_runtime_mode_switch_is_checkpointed(repo_root, tmp_path):
+def test_runtime_mode_switch_is_checkpointed(cli_tools, repo_root, tmp_path):
     from prismrl.lightning_modules.actor_critic import ActorCriticModule
 
-    cli = _cli(repo_root, tmp_path, run=False)
+    cli = cli_tools.run(TINY, tmp_path, run=False)
     cli.trainer.callbacks.append(_SwitchMode())
     os.chdir(tmp_path)
     try:
@@ -127,15 +87,15 @@ def test_runtime_mode_switch_is_checkpointed(repo_root, tmp_path):
     assert ActorCriticModule.load_from_checkpoint(last, mode="rl").mode == "rl"  # a new configured mode wins
 
 
-def test_bad_mode_fails_before_training(repo_root, tmp_path):
+def test_bad_mode_fails_before_training(cli_tools, tmp_path):
     with pytest.raises(ValueError, match="mode: expected one of"):
-        _cli(repo_root, tmp_path, "--model.init_args.mode", "ppo")
+        cli_tools.run(TINY, tmp_path, "--model.init_args.mode", "ppo")
     assert not (tmp_path / RUN / "checkpoints").exists()
 
 
-def test_rl_mode_trains_on_logged_parquet_feedback(repo_root, tmp_path):
+def test_rl_mode_trains_on_logged_parquet_feedback(cli_tools, tmp_path):
     """--data.init_args.logged_feedback: rewards and actions come from Parquet columns, not from the policy."""
-    cli = _cli(repo_root, tmp_path, "--model.init_args.mode", "rl", "--data.init_args.logged_feedback", "true")
+    cli = cli_tools.run(TINY, tmp_path, "--model.init_args.mode", "rl", "--data.init_args.logged_feedback", "true")
     with open(tmp_path / RUN / "logs/tiny/metrics.csv") as handle:
         rewards = [float(row["train/reward"]) for row in csv.DictReader(handle) if row.get("train/reward")]
     # a uniform logging policy over 10 digits is right about 1 time in 10, whatever the trained policy does

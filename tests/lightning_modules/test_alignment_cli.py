@@ -6,36 +6,18 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from prismrl.cli import build_cli
 
 TINY = "configs/alignment/tiny.yaml"
 
 
-def _run_cli(repo_root: Path, workdir: Path, *args: str):
-    """Run the CLI in-process with relative output paths landing in ``workdir``."""
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        return build_cli(["fit", "--config", str(repo_root / TINY), *args])
-    finally:
-        os.chdir(cwd)
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
-def tiny_run(repo_root, tmp_path_factory):
+def tiny_run(cli_tools, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
-    cli = _run_cli(repo_root, workdir)
-    return workdir, cli
+    return workdir, cli_tools.run(TINY, workdir)
 
 
 def test_fit_writes_checkpoints_events_plots_and_metrics(tiny_run):
@@ -79,36 +61,10 @@ def test_load_from_checkpoint_reproduces_embeddings(tiny_run):
     assert restored.class_names == model.class_names
 
 
-class _CrashAtStep(Callback):
-    """Simulates a crash: raises when the loop is about to run global step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize("crash_step", [6, 9])  # at an epoch boundary (6 steps/epoch) and mid-epoch
-def test_resume_after_a_crash_matches_uninterrupted_run(repo_root, tmp_path, tiny_run, crash_step):
+def test_resume_after_a_crash_matches_uninterrupted_run(cli_tools, tmp_path, tiny_run, crash_step):
     _, full = tiny_run  # 2 epochs uninterrupted
-    os.chdir(tmp_path)
-    try:
-        cli = build_cli(["--config", str(repo_root / TINY)], run=False)
-        saver = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-        cli.trainer.callbacks.extend([saver, _CrashAtStep(crash_step)])
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        resumed = build_cli(["--config", str(repo_root / TINY)], run=False)
-        resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=tmp_path / "steps" / f"step={crash_step}.ckpt")
-    finally:
-        os.chdir(repo_root)
-    assert resumed.trainer.global_step == full.trainer.global_step
-    expected, actual = _state(full.model), _state(resumed.model)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    cli_tools.assert_same_run(full, cli_tools.crash_and_resume(TINY, tmp_path, crash_step))
 
 
 def test_print_config_round_trips(repo_root, tmp_path):
@@ -127,11 +83,11 @@ def test_print_config_round_trips(repo_root, tmp_path):
     assert "matryoshka_dims" in printed
 
 
-def test_bad_matryoshka_dims_fail_before_training(repo_root, tmp_path):
+def test_bad_matryoshka_dims_fail_before_training(cli_tools, tmp_path):
     with pytest.raises(ValueError, match="dims"):
-        _run_cli(repo_root, tmp_path, "--model.init_args.matryoshka_dims", "[32, 16]")
+        cli_tools.run(TINY, tmp_path, "--model.init_args.matryoshka_dims", "[32, 16]")
     with pytest.raises(ValueError, match="dims"):
-        _run_cli(repo_root, tmp_path, "--model.init_args.matryoshka_dims", "[16, 128]")
+        cli_tools.run(TINY, tmp_path, "--model.init_args.matryoshka_dims", "[16, 128]")
     assert not (tmp_path / "runs/alignment/tiny/checkpoints").exists()
 
 

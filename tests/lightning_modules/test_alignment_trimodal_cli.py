@@ -3,38 +3,20 @@
 from __future__ import annotations
 
 import csv
-import os
-from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from prismrl.cli import build_cli
 from prismrl.data.spoken_digits import load_clip, spoken_digit_clips
 
 TRIMODAL = "configs/alignment/trimodal_tiny.yaml"
 RUN = "runs/alignment/trimodal_tiny"
 
 
-def _cli(repo_root: Path, workdir: Path, *args: str, run: bool = True):
-    """Build (and by default run) the CLI in-process with relative output paths landing in ``workdir``."""
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        return build_cli([*(["fit"] if run else []), "--config", str(repo_root / TRIMODAL), *args], run=run)
-    finally:
-        os.chdir(cwd)
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
-def trimodal_run(repo_root, tmp_path_factory):
+def trimodal_run(cli_tools, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trimodal_run")
-    return workdir, _cli(repo_root, workdir)
+    return workdir, cli_tools.run(TRIMODAL, workdir)
 
 
 def test_fit_logs_every_pair_and_audio_recalls(trimodal_run):
@@ -78,51 +60,25 @@ def test_load_from_checkpoint_reproduces_audio_embeddings(trimodal_run):
         model.embed_audio([torch.zeros(0)])
 
 
-class _CrashAtStep(Callback):
-    """Simulates a crash: raises when the loop is about to run global step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
-def test_resume_mid_epoch_after_a_crash_matches_uninterrupted_run(repo_root, tmp_path, trimodal_run):
+def test_resume_mid_epoch_after_a_crash_matches_uninterrupted_run(cli_tools, tmp_path, trimodal_run):
     _, full = trimodal_run  # 2 epochs of 6 steps, uninterrupted
-    crash_step = 9
-    cli = _cli(repo_root, tmp_path, run=False)
-    saver = ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-    cli.trainer.callbacks.extend([saver, _CrashAtStep(crash_step)])
-    os.chdir(tmp_path)
-    try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        resumed = build_cli(["--config", str(repo_root / TRIMODAL)], run=False)
-        checkpoint = tmp_path / "steps" / f"step={crash_step}.ckpt"
-        resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=checkpoint)
-    finally:
-        os.chdir(repo_root)
-    assert resumed.trainer.global_step == full.trainer.global_step
-    expected, actual = _state(full.model), _state(resumed.model)
-    assert expected.keys() == actual.keys() and any(k.startswith("audio_tower.") for k in expected)
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    resumed = cli_tools.crash_and_resume(TRIMODAL, tmp_path, 9)
+    expected = cli_tools.assert_same_run(full, resumed)
+    assert any(k.startswith("audio_tower.") for k in expected)
 
 
-def test_webdataset_format_trains_one_epoch(repo_root, tmp_path):
-    cli = _cli(repo_root, tmp_path, "--data.init_args.format", "webdataset", "--trainer.max_epochs", "1",
+def test_webdataset_format_trains_one_epoch(cli_tools, tmp_path):
+    cli = cli_tools.run(TRIMODAL, tmp_path, "--data.init_args.format", "webdataset", "--trainer.max_epochs", "1",
                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--trainer.callbacks", "[]",
                "--trainer.logger", "false", "--trainer.enable_checkpointing", "false")
     assert cli.trainer.global_step == 2
     assert 0.0 <= cli.trainer.callback_metrics["val/audio_text_mean_recall@1"].item() <= 1.0
 
 
-def test_audio_tower_without_audio_data_and_bad_pair_weights_fail_clearly(repo_root, tmp_path):
+def test_audio_tower_without_audio_data_and_bad_pair_weights_fail_clearly(cli_tools, tmp_path):
     no_audio = ("--data", "prismrl.datamodules.DigitsDataModule", "--data.init_args.image_size", "32",
                 "--trainer.max_epochs", "1", "--trainer.callbacks", "[]", "--trainer.logger", "false")
     with pytest.raises(ValueError, match="batch.audio: the model has an audio_tower but the batch carries no audio"):
-        _cli(repo_root, tmp_path, *no_audio)
+        cli_tools.run(TRIMODAL, tmp_path, *no_audio)
     with pytest.raises(ValueError, match=r"pair_weights: expected keys from \['image_text', 'audio_text', 'audio_image'\]"):
-        _cli(repo_root, tmp_path, "--model.init_args.pair_weights", "{image_audio: 1.0}")
+        cli_tools.run(TRIMODAL, tmp_path, "--model.init_args.pair_weights", "{image_audio: 1.0}")
