@@ -1,5 +1,6 @@
 """LightningDataModules: Parquet, WebDataset shards, and the built-in digits dataset."""
 
+from prismrl.datamodules.digit_qa import DigitQADataModule, ParquetQADataModule
 from prismrl.datamodules.digits import DigitsDataModule
 from prismrl.datamodules.fusion import FusionDigitsDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
@@ -8,5 +9,5 @@ from prismrl.datamodules.text_corpus import TextCorpusDataModule
 from prismrl.datamodules.trimodal_digits import TriModalDigitsDataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
-__all__ = ["DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "PromptDataModule", "TextCorpusDataModule",
+__all__ = ["DigitQADataModule", "DigitsDataModule", "FusionDigitsDataModule", "ParquetDataModule", "ParquetQADataModule", "PromptDataModule", "TextCorpusDataModule",
            "TriModalDigitsDataModule", "WebDataModule"]

@@ -9,6 +9,7 @@ _LAZY = {
     "AlignmentModule": "prismrl.lightning_modules.alignment",
     "GRPOModule": "prismrl.lightning_modules.grpo",
     "MaskedLMModule": "prismrl.lightning_modules.masked_lm",
+    "VisionLanguageSFTModule": "prismrl.lightning_modules.vl_sft",
 }
 
 __all__ = list(_LAZY)

@@ -1,0 +1,209 @@
+"""Vision-language instruction tuning (Edge Glass stage 2): answer questions about images.
+
+One training step:
+    prefix = Projector(PerceiverResampler(vision_encoder(pixels)))        # [B, L, H_dec] (VisualPrefix)
+    q      = text_dropout(questions)                                       # words dropped from the prompt
+    loss   = decoder(prefix, q, answers).loss                              # CE on answer tokens only
+with the decoder either a causal LM fed the prefix as input embeddings (``PrefixLMDecoder``, LoRA or full) or the
+tiny recursive decoder (``RecursiveDecoder``). The vision encoder may start from an ``AlignmentModule``
+checkpoint (``alignment_checkpoint``) and is frozen by default.
+
+Validation reports the loss, token accuracy (teacher-forced argmax on answer tokens), and exact-match accuracy of
+the greedy ``generate`` answers (whitespace, case and a trailing full stop ignored), overall and per question type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from prismrl.backbones.visual_prefix import VisualPrefix, load_aligned_vision
+from prismrl.data.answer_masking import IGNORE_INDEX
+from prismrl.data.loaders import load_pending_dataloader_states
+from prismrl.data.text_dropout import apply_text_dropout
+from prismrl.lightning_modules.hparams import built_from_config
+from prismrl.optim import decay_groups, warmup_cosine_scheduler
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, inner whitespace collapsed, surrounding whitespace and one trailing '.' removed."""
+    text = " ".join(text.lower().split())
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> Tensor:
+    """[B] float: 1 where ``normalize_answer(prediction) == normalize_answer(reference)``."""
+    if len(predictions) != len(references):
+        raise ValueError(f"predictions: expected {len(references)} strings, received {len(predictions)}")
+    return torch.tensor([float(normalize_answer(p) == normalize_answer(r)) for p, r in zip(predictions, references)])
+
+
+def token_correct(logits: Tensor, labels: Tensor) -> Tensor:
+    """Flat [N] float: 1 where argmax(logits) equals the label, over the positions whose label is not -100."""
+    where = labels != IGNORE_INDEX
+    return (logits.argmax(-1)[where] == labels[where]).float()
+
+
+class VisionLanguageSFTModule(LightningModule):
+    """vision encoder -> Perceiver resampler -> projector -> answer decoder, trained on answer tokens only.
+
+    Args:
+        vision_encoder: an ``EmbeddingTower`` (e.g. the image tower of an alignment config) or a bare encoder.
+        decoder: ``PrefixLMDecoder`` or ``RecursiveDecoder`` (anything with ``hidden_size``,
+            ``forward(prefix, questions, answers)`` and ``generate(prefix, questions, max_new_tokens)``).
+        alignment_checkpoint: an ``AlignmentModule`` checkpoint whose image tower is loaded into ``vision_encoder``
+            (shapes must match; ValueError otherwise).
+        freeze_vision: keep the vision encoder frozen (eval mode).
+        use_aligned_embedding: give the resampler the tower's aligned embedding as one more token.
+        num_latents, resampler_dim, resampler_depth, resampler_heads, resampler_head_dim, projector_hidden_dim:
+            the ``VisualPrefix`` (prefix length = num_latents).
+        text_dropout: probability of dropping each question word in training.
+        max_new_tokens: generation budget in validation (None = the decoder's default).
+        question_types: per-type exact-match metrics (default: the datamodule's ``question_types``).
+        lr: resampler / projector; decoder_lr: the decoder's trainable weights (default lr);
+        encoder_lr: the vision encoder when not frozen; weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW
+            with a per-step warmup-cosine schedule.
+    """
+
+    def __init__(
+        self,
+        vision_encoder: nn.Module,
+        decoder: nn.Module,
+        alignment_checkpoint: str | None = None,
+        freeze_vision: bool = True,
+        use_aligned_embedding: bool = False,
+        num_latents: int = 8,
+        resampler_dim: int | None = None,
+        resampler_depth: int = 2,
+        resampler_heads: int = 4,
+        resampler_head_dim: int = 32,
+        projector_hidden_dim: int | None = None,
+        text_dropout: float = 0.0,
+        max_new_tokens: int | None = None,
+        question_types: list[str] | None = None,
+        lr: float = 1e-3,
+        decoder_lr: float | None = None,
+        encoder_lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.1,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["vision_encoder", "decoder"])
+        if not isinstance(getattr(decoder, "hidden_size", None), int) or not callable(getattr(decoder, "generate", None)):
+            raise TypeError(f"decoder: expected a module with an int hidden_size and generate(prefix, questions), "
+                            f"received {type(decoder).__name__}")
+        if not 0.0 <= text_dropout < 1.0:
+            raise ValueError(f"text_dropout: expected a probability in [0, 1), received {text_dropout!r}")
+        if alignment_checkpoint is not None:
+            load_aligned_vision(vision_encoder, alignment_checkpoint)
+        self.visual = VisualPrefix(
+            vision_encoder, decoder.hidden_size, num_latents, resampler_dim, resampler_depth, resampler_heads,
+            resampler_head_dim, projector_hidden_dim, use_aligned_embedding, freeze_vision,
+        )
+        self.decoder = decoder
+        self.question_types = list(question_types) if question_types else None
+        self.metrics = nn.ModuleDict()
+
+    # ----- inference API -----
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """The visual prefix ``[B, num_latents, decoder.hidden_size]``."""
+        return self.visual(pixel_values)
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, questions: Sequence[str] | str, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to ``questions`` about ``images`` (normalized pixels ``[B, 3, H, W]`` or ``[3, H, W]``;
+        one question string is asked of every image)."""
+        if not isinstance(images, Tensor) or images.dim() not in (3, 4):
+            raise ValueError(f"images: expected a [B, 3, H, W] or [3, H, W] tensor, received "
+                             f"{getattr(images, 'shape', type(images).__name__)}")
+        images = images[None] if images.dim() == 3 else images
+        questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
+        was_training = self.training
+        self.eval()
+        try:
+            prefix = self.visual(images.to(self.device))
+            return self.decoder.generate(prefix, questions, max_new_tokens or self.hparams.max_new_tokens)
+        finally:
+            self.train(was_training)
+
+    # ----- training -----
+    def setup(self, stage: str) -> None:
+        if self.question_types is None:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            self.question_types = list(getattr(datamodule, "question_types", None) or [])
+        for stage_name in ("val", "test"):
+            for name in ["loss", "token_acc", "exact_match", *(f"exact_match_{t}" for t in self.question_types)]:
+                if f"{stage_name}_{name}" not in self.metrics:
+                    self.metrics[f"{stage_name}_{name}"] = MeanMetric().to(self.device)
+
+    def on_train_start(self) -> None:
+        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume despite estimated_stepping_batches
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        p = self.hparams.text_dropout
+        questions = apply_text_dropout(batch.questions, p) if p else batch.questions
+        out = self.decoder(self.visual(batch.pixel_values), questions, batch.answers)
+        batch_size = len(batch)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/token_acc", token_correct(out.logits, out.labels).mean(), batch_size=batch_size)
+        return out.loss
+
+    # ----- evaluation -----
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        prefix = self.visual(batch.pixel_values)
+        out = self.decoder(prefix, batch.questions, batch.answers)
+        predictions = self.decoder.generate(prefix, batch.questions, self.hparams.max_new_tokens)
+        hits = exact_match(predictions, batch.answers).to(self.device)  # [B]
+        updates = {"loss": (out.loss.detach(), len(batch)), "exact_match": (hits, None)}
+        correct = token_correct(out.logits, out.labels)
+        if correct.numel():
+            updates["token_acc"] = (correct, None)
+        for question_type in self.question_types:
+            chosen = torch.tensor([t == question_type for t in batch.question_types], device=self.device)
+            if len(batch.question_types) == len(batch) and bool(chosen.any()):
+                updates[f"exact_match_{question_type}"] = (hits[chosen], None)
+        for name, (value, weight) in updates.items():
+            metric = self.metrics[f"{stage}_{name}"]
+            if weight is None:
+                metric.update(value)
+            else:
+                metric.update(value, weight)
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "exact_match", on_epoch=True, batch_size=len(batch))
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
+        return self.generate(batch.pixel_values, batch.questions)
+
+    # ----- optimization -----
+    def configure_optimizers(self):
+        hp = self.hparams
+        vision = {id(p) for p in self.visual.vision_encoder.parameters()}
+        decoder = {id(p) for p in self.decoder.parameters()}
+        named = list(self.named_parameters())
+        no_decay = ("bias", "norm", "latents", "position", "y_init", "z_init")
+        groups = (
+            decay_groups([(n, p) for n, p in named if id(p) not in vision | decoder], hp.weight_decay, hp.lr, no_decay)
+            + decay_groups([(n, p) for n, p in named if id(p) in decoder], hp.weight_decay, hp.decoder_lr or hp.lr, no_decay)
+            + decay_groups([(n, p) for n, p in named if id(p) in vision], hp.weight_decay, hp.encoder_lr, no_decay)
+        )
+        if not groups:
+            raise ValueError("VisionLanguageSFTModule: no trainable parameters")
+        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine_scheduler(optimizer, total, hp.warmup_ratio, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+__all__ = ["VisionLanguageSFTModule", "exact_match", "normalize_answer", "token_correct"]
