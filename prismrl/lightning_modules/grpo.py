@@ -106,6 +106,7 @@ class GRPOModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["reward"])
         self.automatic_optimization = False
+        self.strict_loading = False  # LoRA checkpoints hold no frozen base weights (see on_save_checkpoint)
         if not callable(reward):
             raise TypeError(f"reward: expected a callable reward function, received {type(reward).__name__}")
         group_indices(1, group_size)  # validates group_size
@@ -259,6 +260,12 @@ class GRPOModule(LightningModule):
         rows, size = prompts * self.hparams.group_size, self.hparams.minibatch_size
         per_rollout = 1 if size is None else -(-rows // size)
         return max(1, rollouts * self.hparams.num_iterations * per_rollout)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """With LoRA, checkpoints keep the trainable weights only: the frozen base is rebuilt from its source."""
+        if uses_adapters(self.policy):
+            frozen = {f"policy.{name}" for name, p in self.policy.named_parameters() if not p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     def export(self, folder: str) -> None:
         """``save_pretrained`` of the adapters (LoRA) or the full policy, plus the tokenizer."""

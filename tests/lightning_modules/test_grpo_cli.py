@@ -34,6 +34,8 @@ def test_tiny_config_trains_logs_and_checkpoints(run):
     assert cli.trainer.global_step == 16  # 4 rollouts x 2 iterations x 2 minibatches
     last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 16
+    trainable = {f"policy.{n}" for n, p in cli.model.policy.named_parameters() if p.requires_grad}
+    assert set(last["state_dict"]) == trainable  # LoRA: no frozen base weights in the checkpoint
     with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for name in ("train/reward", "train/reward_std", "train/reward/vowel_share", "train/kl", "train/clip_frac",
