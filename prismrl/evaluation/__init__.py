@@ -1,4 +1,4 @@
-"""Pure-torch evaluation metrics: retrieval recall@k and zero-shot classification accuracy."""
+"""Evaluation metrics: retrieval recall@k, zero-shot accuracy, class distances and silhouette of embeddings."""
 
 from prismrl.evaluation.retrieval import (
     cosine_similarity_matrix,
@@ -8,8 +8,12 @@ from prismrl.evaluation.retrieval import (
     recall_at_k,
     zero_shot_accuracy,
 )
+from prismrl.evaluation.synthetic_quality import class_distances, pairwise_distances, silhouette_samples
 
 __all__ = [
+    "class_distances",
+    "pairwise_distances",
+    "silhouette_samples",
     "cosine_similarity_matrix",
     "diagonal_positives",
     "image_text_retrieval",

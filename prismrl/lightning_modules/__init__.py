@@ -8,6 +8,7 @@ _LAZY = {
     "ActorCriticModule": "prismrl.lightning_modules.actor_critic",
     "AlignmentModule": "prismrl.lightning_modules.alignment",
     "GRPOModule": "prismrl.lightning_modules.grpo",
+    "GeneratorPPOModule": "prismrl.lightning_modules.generator_ppo",
     "MaskedLMModule": "prismrl.lightning_modules.masked_lm",
     "VisionLanguageSFTModule": "prismrl.lightning_modules.vl_sft",
 }

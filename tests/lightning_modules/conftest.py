@@ -40,6 +40,16 @@ class CliTools:
             os.chdir(cwd)
 
     @staticmethod
+    def fit(cli, workdir: Path, ckpt_path: Path | None = None) -> None:
+        """``cli.trainer.fit`` of a CLI built with ``run=False``, relative output paths inside ``workdir``."""
+        cwd = os.getcwd()
+        os.chdir(workdir)
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        finally:
+            os.chdir(cwd)
+
+    @staticmethod
     def state(module: torch.nn.Module, keep: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items() if keep(k)}
 
@@ -49,16 +59,10 @@ class CliTools:
         saver = ModelCheckpoint(dirpath=workdir / "steps", every_n_train_steps=every_n_train_steps, save_top_k=-1,
                                 filename="{step}")
         cli.trainer.callbacks.extend([saver, CrashAtStep(crash_step)])
-        cwd = os.getcwd()
-        os.chdir(workdir)
-        try:
-            with pytest.raises(RuntimeError, match="simulated crash"):
-                cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-            resumed = self.run(config, workdir, *args, run=False)
-            resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule,
-                                ckpt_path=workdir / "steps" / f"step={crash_step}.ckpt")
-        finally:
-            os.chdir(cwd)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            self.fit(cli, workdir)
+        resumed = self.run(config, workdir, *args, run=False)
+        self.fit(resumed, workdir, workdir / "steps" / f"step={crash_step}.ckpt")
         return resumed
 
     def assert_same_run(self, full, resumed, keep: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:

@@ -1,0 +1,279 @@
+"""PPO on a text generator of labelled examples, rewarded by a classifier trained on them (GenAlign).
+
+One training step = one PPO iteration over a batch of B generation requests (class y_i, request id):
+    prompt_i  = template(y_i, in-context examples ICLSampler(request id))   (assistant turn prefilled)
+    x_i ~ pi_old(.|prompt_i)                                                (HF generate)
+    (text_i, status_i) = parse(x_i)                                         (failures counted, penalized)
+    R_i       = ClassifierReward(texts, y, valid)   reset + train k steps + golden eval + distances, normalized
+    r_t       = -kl_coef * KL(pi_old || pi_ref)_t, + R_i at the last completion token
+    A, G      = GAE(r, V_old, gamma, lam), A whitened over the batch's completion tokens
+    for epoch in 1..ppo_epochs, for each minibatch:  L = PPO-clip(A) + value_coef * clipped value loss(G)
+pi_ref is the policy with its LoRA adapters switched off, or a frozen copy without LoRA; V is a linear value
+head on the policy's last hidden states. Optimizer steps (``trainer.global_step``) per iteration =
+ppo_epochs x minibatches. Logged per step under train/..., and per epoch ``golden/accuracy`` (accuracy on the
+golden val split of the classifier trained on the epoch's synthetic batches) and ``reward/mean`` for
+EarlyStopping / ModelCheckpoint. The reward normalizer belongs to ``RewardNormalizationCallback`` (checkpointed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+
+from prismrl.backbones.lora import LoraSettings
+from prismrl.backbones.policy import build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.data.adapters.registry import adapter_class_for
+from prismrl.data.adapters.causal_lm import CausalLMAdapter
+from prismrl.data.generation_prompts import ParseReport, ResponsePrefixAdapter, load_prompt_template, parse_batch
+from prismrl.data.loaders import load_pending_dataloader_states
+from prismrl.lightning_modules.hparams import built_from_config
+from prismrl.rl.advantages import gae, masked_mean, whiten
+from prismrl.rl.classifier_reward import ClassifierReward, RewardResult, RewardWeights
+from prismrl.rl.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
+from prismrl.rl.kl import KLEstimator, kl_penalty
+from prismrl.rl.ppo import ValueHead, logprobs_and_values, ppo_loss, sequence_end_rewards
+from prismrl.rl.rollout import SamplingSettings, eos_token_ids, minibatches, sample_completions
+
+
+class GeneratorPPOModule(LightningModule):
+    """See the module docstring.
+
+    Args:
+        classifier: the classifier-in-the-loop (``prismrl.backbones.text_classifier.TextClassifier``); its weights
+            at construction are the starting weights it is reset to before every reward.
+        model_name_or_path / tiny_config, torch_dtype, attn_implementation, quantization ("4bit"/"8bit", needs lora),
+            lora, gradient_checkpointing: the policy (``prismrl.backbones.policy.build_policy``).
+        prompt_template: YAML path / dict / None (default ``PromptTemplate``); system_prompt: optional system turn.
+        icl_strategy ("random" / "diverse" / "balanced"), icl_examples: in-context examples per prompt; "diverse"
+            spreads them in the classifier's starting embedding space.
+        sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k).
+        reward_weights: RewardWeights (w1 inter, w2 intra, w3 golden_loss); classifier_steps / classifier_lr /
+            classifier_batch_size: the reward classifier's training; distance_metric: "cosine" / "euclidean";
+            failure_reward: reward of unparseable / empty / off-class generations (None = -(w2 + w3)).
+        kl_coef, kl_estimator ("k1"/"k2"/"k3"): per-token KL penalty; gamma, lam: GAE; whiten_advantages.
+        ppo_epochs, minibatch_size (None = whole batch), clip_range, value_clip_range, value_coef: PPO update.
+        lr (policy), value_lr (value head), weight_decay, max_grad_norm: AdamW + gradient clipping.
+        seed: base seed of the in-context example draws.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        model_name_or_path: str | None = None,
+        tiny_config: dict[str, Any] | None = None,
+        torch_dtype: str | None = None,
+        attn_implementation: str = "sdpa",
+        quantization: str | None = None,
+        lora: LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
+        prompt_template: str | dict[str, Any] | None = None,
+        system_prompt: str | None = None,
+        icl_strategy: str = "balanced",
+        icl_examples: int = 4,
+        sampling: SamplingSettings | None = None,
+        reward_weights: RewardWeights | None = None,
+        classifier_steps: int = 10,
+        classifier_lr: float = 1e-3,
+        classifier_batch_size: int | None = None,
+        distance_metric: str = "cosine",
+        failure_reward: float | None = None,
+        kl_coef: float = 0.05,
+        kl_estimator: str = "k1",
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        whiten_advantages: bool = True,
+        ppo_epochs: int = 2,
+        minibatch_size: int | None = None,
+        clip_range: float = 0.2,
+        value_clip_range: float = 0.2,
+        value_coef: float = 0.5,
+        lr: float = 1e-5,
+        value_lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        seed: int = 0,
+        logprob_chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["classifier"])
+        self.automatic_optimization = False
+        if not callable(getattr(classifier, "embed", None)) or not isinstance(getattr(classifier, "head", None), nn.Module):
+            raise TypeError(f"classifier: expected a TextClassifier-like module (embed + head), received {type(classifier).__name__}")
+        for name, value in (("ppo_epochs", ppo_epochs), ("minibatch_size", minibatch_size or 1), ("icl_examples", icl_examples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, received {value!r}")
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef: expected a float >= 0, received {kl_coef!r}")
+        parse_strategy(icl_strategy)
+        try:
+            self.kl_estimator = KLEstimator(kl_estimator)
+        except ValueError:
+            raise ValueError(f"kl_estimator: expected one of {[e.value for e in KLEstimator]}, received {kl_estimator!r}") from None
+        self.reward_weights = reward_weights if reward_weights is not None else RewardWeights()
+        self.sampling = sampling if sampling is not None else SamplingSettings()
+        self.template = load_prompt_template(prompt_template)
+        self.classifier = classifier
+        self.classifier_start = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+        self.policy, self.tokenizer = build_policy(
+            model_name_or_path, tiny_config, torch_dtype=torch_dtype, attn_implementation=attn_implementation,
+            quantization=quantization, lora=lora, gradient_checkpointing=gradient_checkpointing,
+        )
+        if not issubclass(adapter_class_for(self.policy), CausalLMAdapter):
+            raise ValueError(f"model_name_or_path / tiny_config: the generator must be a text-only causal LM, "
+                             f"received model_type {self.policy.config.model_type!r}")
+        self.reference = None if uses_adapters(self.policy) else frozen_copy(self.policy)
+        self.adapter = ResponsePrefixAdapter(self.tokenizer, self.policy.config, self.template.response_prefix,
+                                             system_prompt=system_prompt)
+        self.eos_ids = eos_token_ids(self.policy, self.tokenizer)
+        self.value_head = ValueHead(self.policy.config.hidden_size)
+        self.reward_normalizer = None  # set by RewardNormalizationCallback.setup
+        self.reward_fn: ClassifierReward | None = None
+        self.last_samples: list[dict[str, Any]] = []
+
+    # ----- golden data, prompts and the reward (built once the datamodule is known) -----
+    def setup(self, stage: str) -> None:
+        if self.reward_fn is not None:
+            return
+        data = getattr(self.trainer, "datamodule", None)
+        if getattr(data, "train_set", None) is None or getattr(data, "val_set", None) is None:
+            raise ValueError("datamodule: GeneratorPPOModule needs a datamodule with golden `train_set` / `val_set` "
+                             "(e.g. prismrl.datamodules.golden_text.GoldenTextDataModule)")
+        self.bind_golden(data.train_set, data.val_set)
+
+    def bind_golden(self, train_set, val_set) -> None:
+        """Build the ICL sampler over ``train_set`` and the classifier reward evaluated on ``val_set``."""
+        hp = self.hparams
+        if train_set.num_classes != getattr(self.classifier, "num_classes", train_set.num_classes):
+            raise ValueError(f"classifier.num_classes: expected {train_set.num_classes} (golden classes "
+                             f"{train_set.label_names}), received {self.classifier.num_classes}")
+        self.golden_train, self.label_names = train_set, list(train_set.label_names)
+        self.reward_fn = ClassifierReward(
+            self.classifier, val_set.texts, val_set.labels, self.reward_weights, hp.classifier_steps, hp.classifier_lr,
+            hp.classifier_batch_size, hp.distance_metric, hp.failure_reward, initial_state=self.classifier_start,
+        )
+        embeddings = None
+        if parse_strategy(hp.icl_strategy) is ICLStrategy.DIVERSE:
+            self.reward_fn.reset()
+            embeddings = self.reward_fn.embed_texts(train_set.texts)
+        self.icl = ICLSampler(train_set.labels, hp.icl_examples, hp.icl_strategy, embeddings, train_set.num_classes, hp.seed)
+
+    def render_request(self, label: int, request_id: int) -> str:
+        """The user message asking for class ``label`` with the in-context examples of draw ``request_id``."""
+        picks = self.icl.sample(request_id)
+        examples = [(self.golden_train.texts[i], self.label_names[self.golden_train.labels[i]]) for i in picks]
+        return self.template.render(self.label_names[label], examples)
+
+    @torch.no_grad()
+    def generate_examples(self, labels: list[int], request_ids: list[int], greedy: bool = False, baseline: bool = False):
+        """Sample one generation per request; returns (prompt batch, completion ids, ParseReport).
+
+        ``baseline=True`` generates with the reference model (the generator before PPO)."""
+        prompts = self.adapter.build_prompts([self.render_request(y, r) for y, r in zip(labels, request_ids)])
+        prompts = prompts.to(self.device)
+        self.policy.eval()
+        if baseline:
+            with reference_of(self.policy, self.reference) as model:
+                completions = sample_completions(model, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
+        else:
+            completions = sample_completions(self.policy, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return prompts, completions, parse_batch(texts, labels, self.label_names)
+
+    # ----- one PPO iteration -----
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        start = time.perf_counter()
+        labels = batch["label"].tolist()
+        prompts, completions, report = self.generate_examples(labels, batch["request_id"].tolist())
+        result = self.reward_fn([item.text for item in report.items], labels, report.valid, self.reward_normalizer)
+        rollout = self.adapter.append_completions(prompts.to("cpu"), completions).to(self.device)
+        mask = rollout.loss_mask[:, 1:].float()  # [B, T-1] completion tokens
+        with torch.no_grad():
+            old_logprobs, old_values = self._forward(self.policy, self.value_head, rollout)
+            with reference_of(self.policy, self.reference) as reference:
+                ref_logprobs = self._forward(reference, None, rollout)[0]
+            kl = kl_penalty(old_logprobs, ref_logprobs, self.kl_estimator)  # [B, T-1]
+            rewards = sequence_end_rewards(result.rewards.to(self.device, old_values.dtype), kl, mask, hp.kl_coef)
+            advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # [B, T-1]
+            if hp.whiten_advantages:
+                advantages = whiten(advantages, mask)
+        optimizer = self.optimizers()
+        self.policy.train()
+        stats: list[dict[str, Tensor]] = []
+        for _ in range(hp.ppo_epochs):
+            for rows in minibatches(rollout.batch_size, hp.minibatch_size):
+                rows = rows.to(self.device)
+                sub = rollout.select(rows)
+                logprobs, values = self._forward(self.policy, self.value_head, sub)
+                loss, step_stats = ppo_loss(logprobs, values, old_logprobs[rows], old_values[rows], advantages[rows],
+                                            returns[rows], mask[rows], hp.clip_range, hp.value_clip_range, hp.value_coef)
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                if hp.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                stats.append({"loss": loss.detach(), **step_stats})
+        self._log_iteration(report, result, masked_mean(kl, mask), mask, stats, time.perf_counter() - start)
+        self.last_samples = [{"label": self.label_names[y], "status": item.status.value, "text": item.text,
+                              "reward": float(r)} for y, item, r in zip(labels, report.items, result.rewards)]
+        return stats[-1]["loss"]
+
+    def _forward(self, model: nn.Module, value_head: ValueHead | None, batch) -> tuple[Tensor, Tensor | None]:
+        """Completion log-probs [B, T-1] (and values) of a prompt + completion batch."""
+        return logprobs_and_values(model, value_head, batch.model_inputs(), batch.loss_mask, self.sampling.temperature,
+                                   self.hparams.logprob_chunk_size)
+
+    def _log_iteration(self, report: ParseReport, result: RewardResult, kl: Tensor, mask: Tensor,
+                       stats: list[dict[str, Tensor]], seconds: float) -> None:
+        batch_size = len(report.items)
+        logged = {
+            "train/reward": result.rewards.mean(), "train/kl": kl, "train/parse_failure_rate": report.failure_rate,
+            "train/golden_accuracy": result.golden_accuracy, "train/golden_loss": result.golden_loss,
+            "train/silhouette": result.silhouette, "train/completion_length": mask.sum(1).mean(),
+            "train/iteration_seconds": seconds,
+        }
+        logged.update({f"train/parse/{status}": n / batch_size for status, n in report.counts.items()})
+        logged.update({f"train/reward_raw/{k}": v for k, v in result.raw.items()})
+        logged.update({f"train/reward_norm/{k}": v for k, v in result.normalized.items()})
+        for key in stats[0]:
+            logged[f"train/{key}"] = torch.stack([s[key].float() for s in stats]).mean()
+        finite = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in logged.items()}
+        finite = {k: v for k, v in finite.items() if torch.isfinite(v)}  # e.g. silhouette of a one-class batch
+        self.log_dict(finite, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log("golden/accuracy", result.golden_accuracy, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size)
+        self.log("reward/mean", result.rewards.mean().to(self.device), on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size)
+
+    # ----- Lightning plumbing -----
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["prismrl_generator_ppo"] = {"classifier_start": self.classifier_start}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the classifier's starting weights (a fresh module would draw a new random head)."""
+        saved = checkpoint.get("prismrl_generator_ppo")
+        if saved is not None:
+            self.classifier_start = saved["classifier_start"]
+            if self.reward_fn is not None:
+                self.reward_fn.initial_state = {k: v.detach().clone() for k, v in self.classifier_start.items()}
+
+    def on_fit_start(self) -> None:
+        if self.reward_normalizer is None:
+            raise ValueError("trainer.callbacks: GeneratorPPOModule needs a "
+                             "prismrl.callbacks.reward_normalization.RewardNormalizationCallback (it owns the "
+                             "reward normalizer and checkpoints it)")
+
+    def on_train_start(self) -> None:
+        load_pending_dataloader_states(self.trainer)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        policy = [p for p in self.policy.parameters() if p.requires_grad]
+        if not policy:
+            raise ValueError("policy: has no trainable parameter (LoRA settings or freezing left nothing to train)")
+        return torch.optim.AdamW([{"params": policy, "lr": hp.lr}, {"params": self.value_head.parameters(), "lr": hp.value_lr}],
+                                 weight_decay=hp.weight_decay)
