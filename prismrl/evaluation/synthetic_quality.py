@@ -20,6 +20,8 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from prismrl.choices import parse_choice
+
 
 class DistanceMetric(str, Enum):
     COSINE = "cosine"
@@ -27,10 +29,7 @@ class DistanceMetric(str, Enum):
 
 
 def parse_metric(value: str | DistanceMetric) -> DistanceMetric:
-    try:
-        return DistanceMetric(value.value if isinstance(value, DistanceMetric) else value)
-    except ValueError:
-        raise ValueError(f"metric: expected one of {[m.value for m in DistanceMetric]}, received {value!r}") from None
+    return parse_choice(DistanceMetric, value, "metric")
 
 
 def pairwise_distances(x: Tensor, metric: str | DistanceMetric = DistanceMetric.COSINE) -> Tensor:

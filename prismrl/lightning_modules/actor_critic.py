@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from prismrl.backbones.fusion import CrossModalFusion
+from prismrl.choices import parse_choice
 from prismrl.data.loaders import load_pending_dataloader_states
 from prismrl.lightning_modules.hparams import built_from_config
 from prismrl.optim import encoder_head_adamw
@@ -55,13 +56,6 @@ class Modalities(str, Enum):
     BOTH = "both"
     TEXT = "text"
     IMAGE = "image"
-
-
-def _parse(enum: type[Enum], value: Any, field: str) -> Any:
-    try:
-        return enum(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        raise ValueError(f"{field}: expected one of {[m.value for m in enum]}, received {value!r}") from None
 
 
 def _field(batch: Any, name: str) -> Any:
@@ -121,7 +115,7 @@ class ActorCriticModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["text_encoder", "vision_encoder"])
-        self.modalities = _parse(Modalities, modalities, "modalities")
+        self.modalities = parse_choice(Modalities, modalities, "modalities")
         uses_text, uses_image = self.modalities != Modalities.IMAGE, self.modalities != Modalities.TEXT
         for name, encoder, needed in (("text_encoder", text_encoder, uses_text), ("vision_encoder", vision_encoder, uses_image)):
             if needed and not isinstance(getattr(encoder, "hidden_size", None), int):
@@ -166,7 +160,7 @@ class ActorCriticModule(LightningModule):
 
     @mode.setter
     def mode(self, value: str) -> None:
-        parsed = _parse(TrainingMode, value, "mode")
+        parsed = parse_choice(TrainingMode, value, "mode")
         if MODE_TERMS[parsed][0] and self.classifier is None:
             raise ValueError(f"mode: {parsed.value!r} trains a classifier, but num_classes is None; use mode 'rl'")
         self._mode = parsed
@@ -301,4 +295,4 @@ class ActorCriticModule(LightningModule):
             self.mode = saved["mode"]
 
     def _configured_mode(self) -> str:
-        return _parse(TrainingMode, self.hparams.mode, "mode").value
+        return parse_choice(TrainingMode, self.hparams.mode, "mode").value

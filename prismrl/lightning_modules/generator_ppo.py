@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from prismrl.backbones.lora import LoraSettings
 from prismrl.backbones.policy import build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.choices import parse_choice
 from prismrl.data.adapters.registry import adapter_class_for
 from prismrl.data.adapters.causal_lm import CausalLMAdapter
 from prismrl.data.generation_prompts import ParseReport, ResponsePrefixAdapter, load_prompt_template, parse_batch
@@ -109,10 +110,7 @@ class GeneratorPPOModule(LightningModule):
         if kl_coef < 0:
             raise ValueError(f"kl_coef: expected a float >= 0, received {kl_coef!r}")
         parse_strategy(icl_strategy)
-        try:
-            self.kl_estimator = KLEstimator(kl_estimator)
-        except ValueError:
-            raise ValueError(f"kl_estimator: expected one of {[e.value for e in KLEstimator]}, received {kl_estimator!r}") from None
+        self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
         self.reward_weights = reward_weights if reward_weights is not None else RewardWeights()
         self.sampling = sampling if sampling is not None else SamplingSettings()
         self.template = load_prompt_template(prompt_template)

@@ -24,6 +24,7 @@ from lightning import LightningModule
 from torch import Tensor
 
 from prismrl.backbones.lora import LoraSettings
+from prismrl.choices import parse_choice
 from prismrl.backbones.policy import build_policy, frozen_copy, reference_of, uses_adapters
 from prismrl.data.adapters import adapter_for
 from prismrl.data.loaders import load_pending_dataloader_states
@@ -38,13 +39,6 @@ from prismrl.rl.rewards import PromptRecord, score_completions
 from prismrl.rl.rollout import (
     PackingSettings, SamplingSettings, eos_token_ids, group_indices, minibatches, sample_completions, sequence_logprobs,
 )
-
-
-def _enum(enum: type, value: Any, field: str):
-    try:
-        return enum(value.value if isinstance(value, enum) else value)
-    except ValueError:
-        raise ValueError(f"{field}: expected one of {[m.value for m in enum]}, received {value!r}") from None
 
 
 class GRPOModule(LightningModule):
@@ -117,9 +111,9 @@ class GRPOModule(LightningModule):
             raise ValueError(f"beta: expected a float >= 0, received {beta!r}")
         self.reward = reward
         self.sampling = sampling if sampling is not None else SamplingSettings()
-        self.kl_estimator = _enum(KLEstimator, kl_estimator, "kl_estimator")
-        self.aggregation = _enum(LossAggregation, loss_aggregation, "loss_aggregation")
-        self.scaling = _enum(AdvantageScaling, advantage_scaling, "advantage_scaling")
+        self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
+        self.aggregation = parse_choice(LossAggregation, loss_aggregation, "loss_aggregation")
+        self.scaling = parse_choice(AdvantageScaling, advantage_scaling, "advantage_scaling")
         self.policy, self.tokenizer = build_policy(
             model_name_or_path, tiny_config, torch_dtype=torch_dtype, attn_implementation=attn_implementation,
             quantization=quantization, lora=lora, lora_on_vision=lora_on_vision,

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prismrl.choices import parse_choice
+
 
 class ICLStrategy(str, Enum):
     """How in-context examples are chosen."""
@@ -32,10 +34,7 @@ class ICLStrategy(str, Enum):
 
 
 def parse_strategy(value: str | ICLStrategy) -> ICLStrategy:
-    try:
-        return ICLStrategy(value.value if isinstance(value, ICLStrategy) else value)
-    except ValueError:
-        raise ValueError(f"strategy: expected one of {[s.value for s in ICLStrategy]}, received {value!r}") from None
+    return parse_choice(ICLStrategy, value, "strategy")
 
 
 def farthest_point_indices(embeddings: Tensor, k: int, first: int) -> list[int]:
