@@ -15,10 +15,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from prismrl.backbones.tokenizers import (
     shipped_smollm2_folder,
     tiny_vlm_config,
 )
-from prismrl.cache import cache_dir
+from prismrl.cache import MANIFEST, cache_dir, publish_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +93,18 @@ def smollm2_folder() -> Path:
     folder = cache_dir(
         "models", source="smollm2-gguf", gguf_bytes=os.path.getsize(gguf_path), transformers=transformers.__version__
     )
-    if not (folder / "config.json").is_file():
+
+    def build(staging: Path) -> None:
         from transformers import AutoModelForCausalLM
 
         log.info("converting the shipped SmolLM2 GGUF into %s (once)", folder)
         model = AutoModelForCausalLM.from_pretrained(shipped_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
         model.hf_quantizer = None  # the weights are dequantized fp32; save them as a plain checkpoint
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
         model.save_pretrained(staging)
         load_smollm2_tokenizer().save_pretrained(staging)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process published first
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
+        (staging / MANIFEST).write_text(json.dumps({"source": SMOLLM2_GGUF}))  # written last: a complete copy
+
+    return publish_cache_dir(folder, build)
 
 
 def load_causal_lm(

@@ -88,6 +88,17 @@ def apply_lora(model: nn.Module, settings: LoraSettings):
     return get_peft_model(model, config)
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of a transformers model (works with frozen inputs and LoRA)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def prepare_hf_backbone(
     model: nn.Module, *, lora: LoraSettings | dict | None, freeze: bool, gradient_checkpointing: bool
 ) -> nn.Module:
@@ -107,13 +118,7 @@ def prepare_hf_backbone(
             "freeze / lora: freeze=True with lora set leaves nothing to train; LoRA already freezes the base"
         )
     if gradient_checkpointing:
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_gradient_checkpointing(model)
     if lora is not None:
         return apply_lora(model, lora).train()
     if freeze:

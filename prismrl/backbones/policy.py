@@ -19,7 +19,7 @@ from torch import nn
 
 from prismrl.backbones.causal_lm import load_causal_lm
 from prismrl.backbones.freezing import freeze
-from prismrl.backbones.lora import ALL_LINEAR, LoraSettings, all_linear_names, apply_lora
+from prismrl.backbones.lora import ALL_LINEAR, LoraSettings, all_linear_names, apply_lora, enable_gradient_checkpointing
 
 # Path components that name a VLM's vision side (Qwen2-VL "visual", LLaVA "vision_tower" +
 # "multi_modal_projector", InternVL "vision_tower" + "multi_modal_projector", SigLIP/CLIP "vision_model").
@@ -37,15 +37,6 @@ def language_model_linear_names(model: nn.Module, include_vision: bool = False) 
     if not names:
         raise ValueError(f"lora.target_modules: {type(model).__name__} has no language-model linear layer to adapt")
     return names
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant activation checkpointing (works with frozen inputs, LoRA and k-bit weights)."""
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
 
 
 def build_policy(

@@ -149,26 +149,16 @@ _COLUMN_TYPES = {
 }
 
 
-def check_logged_feedback(file: pq.ParquetFile, name: str, reward: str | None, action: str | None) -> None:
+def _check_logged_feedback(batch, start: int, name: str, reward: str | None, action: str | None) -> None:
     """Logged rewards must be finite and non-null, logged actions non-null and >= 0 (checked before training)."""
-    if action is not None and reward is None:
-        raise ValueError("action_column: logged actions need their rewards; set reward_column too")
-    for batch, start in _batches_with_offsets(file, [c for c in (reward, action) if c is not None]):
-        for column, ok, what in ((reward, np.isfinite, "a finite number"), (action, lambda v: v >= 0, "an id >= 0")):
-            if column is None:
-                continue
-            values = np.array([np.nan if v is None else v for v in batch.column(column).to_pylist()], dtype=np.float64)
-            bad = np.flatnonzero(~(ok(values) & ~np.isnan(values)))
-            if len(bad):
-                raise ValueError(f"{'reward' if column == reward else 'action'}_column: row {start + int(bad[0])} of "
-                                 f"{name} holds {values[bad[0]]}, expected {what}")
-
-
-def _batches_with_offsets(file: pq.ParquetFile, columns: list[str]):
-    row = 0
-    for batch in file.iter_batches(batch_size=4096, columns=columns):
-        yield batch, row
-        row += batch.num_rows
+    for column, ok, what in ((reward, np.isfinite, "a finite number"), (action, lambda v: v >= 0, "an id >= 0")):
+        if column is None:
+            continue
+        values = np.array([np.nan if v is None else v for v in batch.column(column).to_pylist()], dtype=np.float64)
+        bad = np.flatnonzero(~(ok(values) & ~np.isnan(values)))
+        if len(bad):
+            raise ValueError(f"{'reward' if column == reward else 'action'}_column: row {start + int(bad[0])} of "
+                             f"{name} holds {values[bad[0]]}, expected {what}")
 
 
 def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_classes: int | None,
@@ -176,7 +166,8 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
     """Validate one file before training; returns its row count.
 
     Every named column must exist; captions must be non-empty (or null, with ``optional_captions``); labels
-    must be null, -1 or in ``[0, num_classes)``. Only the caption and label columns are streamed.
+    must be null, -1 or in ``[0, num_classes)``; logged rewards finite and actions >= 0. Only those columns
+    are streamed, in one pass.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{field}: no Parquet file at '{path}'")
@@ -189,8 +180,12 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
             kind, actual = _COLUMN_TYPES[arg][0], file.schema_arrow.field(column).type
             raise ValueError(f"{arg}: column '{column}' of {path.name} should hold {kind}, got type {actual}")
     caption, label = columns["caption_column"], columns.get("label_column")
+    reward, action = columns.get("reward_column"), columns.get("action_column")
+    if action is not None and reward is None:
+        raise ValueError("action_column: logged actions need their rewards; set reward_column too")
     row = 0
-    for batch in file.iter_batches(batch_size=4096, columns=[c for c in (caption, label) if c is not None]):
+    streamed = [c for c in (caption, label, reward, action) if c is not None]
+    for batch in file.iter_batches(batch_size=4096, columns=list(dict.fromkeys(streamed))):
         for offset, text in enumerate(batch.column(caption).to_pylist()):
             if (text is None and not optional_captions) or (text is not None and not str(text).strip()):
                 raise ValueError(f"caption_column: caption '{caption}' is empty at row {row + offset} of {path.name}")
@@ -203,8 +198,8 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
                     f"label_column: label {int(values[bad[0]])} at row {row + int(bad[0])} of {path.name} is outside "
                     f"[0, {num_classes}) (the class_names range; -1 or null = no class)"
                 )
+        _check_logged_feedback(batch, row, path.name, reward, action)
         row += batch.num_rows
-    check_logged_feedback(file, path.name, columns.get("reward_column"), columns.get("action_column"))
     return row
 
 

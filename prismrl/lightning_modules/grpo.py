@@ -141,7 +141,7 @@ class GRPOModule(LightningModule):
         completions = sample_completions(self.policy, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         scores = score_completions(self.reward, texts, [records[i] for i in index.tolist()])
-        batch = self.adapter.append_completions(prompts.to("cpu"), completions).to(self.device, self.policy.dtype)
+        batch = self.adapter.append_completions(prompts, completions).to(self.device, self.policy.dtype)
         batch.rewards = scores.total.to(self.device)
         return batch, texts, scores
 
@@ -160,14 +160,13 @@ class GRPOModule(LightningModule):
         batch, _, scores = self.rollout(records)
         rollout_seconds = time.perf_counter() - start
         batch.advantages = group_normalized_advantages(batch.rewards, hp.group_size, self.scaling)  # [P*G]
-        groups = minibatches(batch.batch_size, hp.minibatch_size)
-        needs_old = hp.num_iterations > 1 or len(groups) > 1
-        self._fixed_logprobs(batch, needs_old)
+        one_pass = hp.minibatch_size is None or hp.minibatch_size >= batch.batch_size
+        self._fixed_logprobs(batch, needs_old=hp.num_iterations > 1 or not one_pass)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         self.policy.train()
         stats: list[dict[str, Tensor]] = []
-        for iteration in range(hp.num_iterations):
-            for index in groups if iteration == 0 else minibatches(batch.batch_size, hp.minibatch_size):
+        for _ in range(hp.num_iterations):
+            for index in minibatches(batch.batch_size, hp.minibatch_size):
                 stats.append(self._optimizer_step(batch.select(index), optimizer))
                 scheduler.step()
         self._log_step(batch, scores, stats, rollout_seconds, time.perf_counter() - start)
