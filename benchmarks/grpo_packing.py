@@ -5,7 +5,7 @@
 
 A rollout batch holds prompts of similar length and completions of very different lengths (here uniform in
 [min_completion, max_completion] tokens), right-padded to the longest. "padded" runs
-``prismrl.rl.rollout.sequence_logprobs`` on that [B, T] batch; "packed" packs the same sequences into rows of
+``prismrl.policy.rollout.sequence_logprobs`` on that [B, T] batch; "packed" packs the same sequences into rows of
 ``--row-tokens`` (first-fit decreasing, per-segment positions, block-diagonal attention) and unpacks the
 log-probs. Both runs do forward + backward of the masked completion log-prob sum with the same random-init
 ``LlamaForCausalLM`` (SDPA attention). Reported: real (non-pad) tokens per second, the fastest of --repeats
@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from prismrl.backbones.tokenizers import load_smollm2_tokenizer, tiny_vlm_config
-from prismrl.data.adapters import adapter_for
-from prismrl.rl.rollout import PackingSettings, sequence_logprobs
+from prismrl.backbones.tokenizers import load_smollm2_tokenizer, tiny_llama_config
+from prismrl.policy.adapters import adapter_for
+from prismrl.policy.rollout import PackingSettings, sequence_logprobs
 
 
 def _batch(adapter, rows: int, prompt_words: int, lo: int, hi: int, generator: torch.Generator):
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     tokenizer = load_smollm2_tokenizer()
     heads = max(1, args.hidden // 64)
-    config = tiny_vlm_config("llama", tokenizer, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                             num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
-                             head_dim=args.hidden // heads)
+    config = tiny_llama_config(tokenizer, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                               num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
+                               head_dim=args.hidden // heads)
     import transformers as tf
 
     dtype = getattr(torch, args.dtype)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     difference = (run(True)[mask] - run(False)[mask]).abs().max().item()
     padded_s = _time(lambda: run(False), args.repeats)
     packed_s = _time(lambda: run(True), args.repeats)
-    from prismrl.data.packing import pack_sequences
+    from prismrl.policy.packing import pack_sequences
 
     packed_rows = len(pack_sequences(batch, packing.max_tokens_per_row).rows)
     print(f"device {args.device}, {args.dtype}, Llama {args.layers}x{args.hidden}, vocab {len(tokenizer):,}")

@@ -1,12 +1,59 @@
-"""Optimizer and learning-rate schedule helpers shared by the stages."""
+"""Optimizer settings and learning-rate schedule helpers shared by the stages.
+
+Every stage takes one ``OptimizerSettings`` (YAML: ``model.init_args.optimizer.lr``) and builds AdamW with
+decayed / undecayed parameter groups, stepped per optimizer step by a linear-warmup + cosine schedule.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from prismrl.choices import check_positive_float
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW and its warmup + cosine schedule, shared by every stage.
+
+    lr: the trained heads' (or the whole policy's) learning rate; encoder_lr: pretrained encoders' learning
+    rate where a stage has separate encoders (None = lr); weight_decay on matrices only (biases, norms and
+    scalars get 0); warmup_ratio: share of the optimizer steps in linear warmup; min_lr_ratio: the cosine's
+    floor as a fraction of each lr; max_grad_norm: clip the global gradient norm (None = no clipping).
+    """
+
+    lr: float = 1e-3
+    encoder_lr: float | None = None
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_float("optimizer.lr", self.lr)
+        if self.encoder_lr is not None:
+            check_positive_float("optimizer.encoder_lr", self.encoder_lr, allow_zero=True)
+        check_positive_float("optimizer.weight_decay", self.weight_decay, allow_zero=True)
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"optimizer.betas: expected two floats in [0, 1), received {self.betas!r}")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        if not (isinstance(self.warmup_ratio, (int, float)) and 0.0 <= self.warmup_ratio < 1.0):
+            raise ValueError(f"optimizer.warmup_ratio: expected a float in [0, 1), received {self.warmup_ratio!r}")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0.0 <= self.min_lr_ratio <= 1.0):
+            raise ValueError(f"optimizer.min_lr_ratio: expected a float in [0, 1], received {self.min_lr_ratio!r}")
+        if self.max_grad_norm is not None:
+            check_positive_float("optimizer.max_grad_norm", self.max_grad_norm)
+
+    @property
+    def encoder_learning_rate(self) -> float:
+        """``encoder_lr``, or ``lr`` when it is None."""
+        return self.lr if self.encoder_lr is None else self.encoder_lr
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> float:
@@ -54,28 +101,37 @@ def decay_groups(
     return [group for group in groups if group["params"]]
 
 
-def encoder_head_adamw(
-    named_parameters: Iterable[tuple[str, nn.Parameter]],
-    encoder_parameter_ids: set[int],
-    *,
-    lr: float,
-    encoder_lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
+def adamw_with_schedule(
+    settings: OptimizerSettings,
+    lr_groups: Sequence[tuple[Iterable[tuple[str, nn.Parameter]], float]],
     total_steps: int,
-    warmup_ratio: float,
-    min_lr_ratio: float = 0.0,
+    *,
     no_decay_names: tuple[str, ...] = (),
     owner: str = "module",
 ) -> dict:
-    """AdamW with head parameters at ``lr`` and encoder parameters at ``encoder_lr`` (each split into decayed and
-    undecayed groups), stepped per batch by the warmup + cosine schedule: Lightning's optimizer config dict."""
+    """AdamW over ``lr_groups`` [(named parameters, lr), ...], each split into decayed and undecayed groups,
+    stepped per optimizer step by the warmup + cosine schedule: Lightning's optimizer config dict."""
+    groups = [g for named, lr in lr_groups for g in decay_groups(named, settings.weight_decay, lr, no_decay_names)]
+    if not groups:
+        raise ValueError(f"{owner}: no trainable parameters")
+    optimizer = torch.optim.AdamW(groups, betas=settings.betas)
+    scheduler = warmup_cosine_scheduler(optimizer, total_steps, settings.warmup_ratio, settings.min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def encoder_head_adamw(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    encoder_parameter_ids: set[int],
+    settings: OptimizerSettings,
+    total_steps: int,
+    *,
+    no_decay_names: tuple[str, ...] = (),
+    owner: str = "module",
+) -> dict:
+    """``adamw_with_schedule`` with head parameters at ``settings.lr`` and encoder parameters (by id) at
+    ``settings.encoder_learning_rate``."""
     named = list(named_parameters)
     head = [(n, p) for n, p in named if id(p) not in encoder_parameter_ids]
     encoder = [(n, p) for n, p in named if id(p) in encoder_parameter_ids]
-    groups = decay_groups(head, weight_decay, lr, no_decay_names) + decay_groups(encoder, weight_decay, encoder_lr)
-    if not groups:
-        raise ValueError(f"{owner}: no trainable parameters")
-    optimizer = torch.optim.AdamW(groups, betas=tuple(betas))
-    scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup_ratio, min_lr_ratio)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return adamw_with_schedule(settings, [(head, settings.lr), (encoder, settings.encoder_learning_rate)], total_steps,
+                               no_decay_names=no_decay_names, owner=owner)

@@ -2,11 +2,16 @@
 
 from prismrl.backbones.audio import WhisperAudioEncoder
 from prismrl.backbones.cnn import EfficientNetLiteEncoder
+from prismrl.backbones.freezing import (
+    count_parameters,
+    freeze,
+    set_requires_grad,
+    unfreeze,
+)
 from prismrl.backbones.fusion import CrossModalFusion
-from prismrl.backbones.freezing import count_parameters, freeze, set_requires_grad, unfreeze
 from prismrl.backbones.lora import LoraSettings, apply_lora
-from prismrl.backbones.prefix_lm import PrefixLMDecoder
 from prismrl.backbones.pooling import AttentionPool, EncoderOutput, masked_mean
+from prismrl.backbones.prefix_lm import PrefixLMDecoder
 from prismrl.backbones.projection import ProjectionHead
 from prismrl.backbones.recursive_decoder import RecursiveDecoder
 from prismrl.backbones.resampler import PerceiverResampler

@@ -1,13 +1,12 @@
 """Audio encoder over the transformers Whisper encoder, with log-mel features from Whisper's feature extractor.
 
-waveforms (mono, any sample rate) -> resample to 16 kHz -> log-mel [B, n_mels, 2 * max_source_positions]
+waveforms (mono, 16 kHz; ``prismrl.data.audio.to_mono_16k`` converts others) -> log-mel [B, n_mels, 2 * max_source_positions]
 -> Whisper encoder (conv stride 2) -> tokens [B, max_source_positions, D] with a mask of the frames that hold
 audio (the rest is the extractor's zero padding) -> pooled = masked mean.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,34 +14,29 @@ from torch import Tensor, nn
 
 from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone
 from prismrl.backbones.pooling import EncoderOutput, masked_mean
-from prismrl.backbones.shipped import check_exactly_one, pretrained_kwargs, resolve_model_path, tiny_hf_config
+from prismrl.backbones.shipped import (
+    check_exactly_one,
+    pretrained_kwargs,
+    resolve_model_path,
+    tiny_hf_config,
+)
 
 WHISPER_SAMPLING_RATE = 16_000
 WHISPER_HOP_LENGTH = 160
 
 
-def to_mono_16k(waveform: np.ndarray | Tensor, sampling_rate: int, where: str = "waveform") -> np.ndarray:
-    """A float32 mono waveform at 16 kHz.
-
-    Accepts [N] or channel-first [C, N] (C <= 8; channels are averaged). Other rates are resampled with a
-    polyphase filter. Empty audio is an error: it has no frame to encode.
-    """
+def check_mono_16k(waveform: np.ndarray | Tensor, sampling_rate: int, where: str = "waveform") -> np.ndarray:
+    """A float32 [N] array of a mono 16 kHz waveform; resample and downmix first (``prismrl.data.audio.to_mono_16k``)."""
+    if sampling_rate != WHISPER_SAMPLING_RATE:
+        raise ValueError(f"sampling_rate: expected {WHISPER_SAMPLING_RATE} Hz (resample with "
+                         f"prismrl.data.audio.to_mono_16k), received {sampling_rate!r}")
     audio = waveform.detach().cpu().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
-    if audio.ndim == 2 and audio.shape[0] <= 8:
-        audio = audio.mean(axis=0)
     if audio.ndim != 1:
-        raise ValueError(f"{where}: expected a mono [N] or channel-first [C, N] waveform, received shape {audio.shape}")
+        raise ValueError(f"{where}: expected a mono [N] waveform (downmix with prismrl.data.audio.to_mono_16k), "
+                         f"received shape {audio.shape}")
     if audio.size == 0:
         raise ValueError(f"{where}: expected at least one audio sample, received an empty waveform")
-    if not isinstance(sampling_rate, int) or sampling_rate <= 0:
-        raise ValueError(f"sampling_rate: expected a positive int in Hz, received {sampling_rate!r}")
-    audio = audio.astype(np.float32)
-    if sampling_rate != WHISPER_SAMPLING_RATE:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(sampling_rate, WHISPER_SAMPLING_RATE)
-        audio = resample_poly(audio, WHISPER_SAMPLING_RATE // g, sampling_rate // g).astype(np.float32)
-    return audio
+    return audio.astype(np.float32)
 
 
 SHIPPED_WHISPER_BASE = "shipped:whisper-base"
@@ -117,7 +111,7 @@ class WhisperAudioEncoder(nn.Module):
         """Log-mel features [B, n_mels, F] and frame mask [B, F] (True = audio) for a list of waveforms."""
         if len(waveforms) == 0:
             raise ValueError("waveforms: expected at least one waveform, received an empty list")
-        audio = [to_mono_16k(w, sampling_rate, where=f"waveforms[{i}]") for i, w in enumerate(waveforms)]
+        audio = [check_mono_16k(w, sampling_rate, where=f"waveforms[{i}]") for i, w in enumerate(waveforms)]
         features = self.feature_extractor(
             audio, sampling_rate=WHISPER_SAMPLING_RATE, return_tensors="pt", return_attention_mask=True,
             padding="max_length", max_length=self.num_frames * WHISPER_HOP_LENGTH, truncation=True,

@@ -6,8 +6,9 @@
 - any other string: ``from_pretrained`` (``AutoModelForImageTextToText`` when the config has a
   ``vision_config``, else ``AutoModelForCausalLM``), optionally with 4-bit / 8-bit base weights
   through bitsandbytes (QLoRA).
-- ``tiny_config={"model_type": family, ...overrides}``: a random-init model of a real transformers
-  class whose special ids match the shipped SmolLM2 tokenizer (``tiny_vlm_config``), for tests.
+- ``config=`` (a built transformers config) and ``tokenizer=`` (the tokenizer its ids match): a random-init
+  model of the config's class, for tests and CPU demos (``tiny_llama_config``; the policy layer builds the
+  vision-language families' tiny configs, ``prismrl.policy.adapters.tiny_policy_config``).
 
 ``attn_implementation="flash_attention_2"`` falls back to SDPA when flash-attn is not installed.
 """
@@ -23,12 +24,11 @@ from typing import Any
 
 import torch
 
-from prismrl.backbones.shipped import check_exactly_one, pretrained_kwargs
+from prismrl.backbones.shipped import pretrained_kwargs
 from prismrl.backbones.tokenizers import (
     SMOLLM2_GGUF,
     load_smollm2_tokenizer,
     shipped_smollm2_folder,
-    tiny_vlm_config,
 )
 from prismrl.cache import MANIFEST, cache_dir, publish_cache_dir
 
@@ -44,7 +44,7 @@ def resolve_dtype(torch_dtype: str | torch.dtype | None) -> torch.dtype | None:
     if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
         return torch_dtype
     if torch_dtype not in _DTYPES:
-        raise ValueError(f"torch_dtype: expected one of {', '.join(_DTYPES)}, got {torch_dtype!r}")
+        raise ValueError(f"torch_dtype: expected one of {', '.join(_DTYPES)}, received {torch_dtype!r}")
     return _DTYPES[torch_dtype]
 
 
@@ -62,7 +62,7 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype | N
     if quantization is None:
         return None
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization: expected one of {QUANTIZATIONS} or None, got {quantization!r}")
+        raise ValueError(f"quantization: expected one of {QUANTIZATIONS} or None, received {quantization!r}")
     if quantization == "4bit" and not torch.cuda.is_available():
         raise ValueError("quantization: '4bit' base weights need a CUDA GPU (bitsandbytes NF4); none is available")
     from transformers import BitsAndBytesConfig
@@ -109,25 +109,33 @@ def smollm2_folder() -> Path:
 
 def load_causal_lm(
     model_name_or_path: str | None = None,
-    tiny_config: dict[str, Any] | None = None,
+    config: Any = None,
+    tokenizer: Any = None,
     torch_dtype: str | torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     quantization: str | None = None,
     tokenizer_name_or_path: str | None = None,
 ):
-    """(model, tokenizer) of a causal LM or VLM; see the module docstring for the three sources."""
-    check_exactly_one(model_name_or_path, tiny_config)
+    """(model, tokenizer) of a causal LM or VLM; see the module docstring for the three sources.
+
+    Exactly one of ``model_name_or_path`` (pretrained weights) or ``config`` (random init; ``tokenizer`` is
+    then the tokenizer whose vocab and special ids the config matches, returned as it is). With pretrained
+    weights the tokenizer comes from ``tokenizer_name_or_path`` (default: the model's own).
+    """
+    if (model_name_or_path is None) == (config is None):
+        raise ValueError("model_name_or_path / config: expected exactly one of them, received "
+                         f"model_name_or_path={model_name_or_path!r}, config={type(config).__name__}")
     dtype = resolve_dtype(torch_dtype)
     attn = resolve_attn_implementation(attn_implementation)
-    if tiny_config is not None:
+    if config is not None:
         if quantization is not None:
-            raise ValueError("quantization: only applies to pretrained weights, not to a tiny_config model")
-        overrides = dict(tiny_config)
-        family = overrides.pop("model_type", None)
-        tokenizer = load_smollm2_tokenizer()
-        config = tiny_vlm_config(family, tokenizer, **overrides)
+            raise ValueError("quantization: only applies to pretrained weights, not to a random-init config model")
+        if tokenizer is None:
+            raise ValueError("tokenizer: a random-init config model needs the tokenizer its ids match, received None")
         model = _model_class(config).from_config(config, attn_implementation=attn)
         return (model.to(dtype) if dtype is not None else model), tokenizer
+    if tokenizer is not None:
+        raise ValueError("tokenizer: only goes with config; pretrained weights take tokenizer_name_or_path")
     from transformers import AutoConfig, AutoTokenizer
 
     path = str(smollm2_folder()) if model_name_or_path == SMOLLM2_ALIAS else model_name_or_path

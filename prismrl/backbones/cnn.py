@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from prismrl.backbones.freezing import freeze as freeze_module
 from prismrl.backbones.pooling import EncoderOutput
+from prismrl.choices import check_positive_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,8 +45,7 @@ class EfficientNetLiteEncoder(nn.Module):
         self, pretrained: bool = True, freeze: bool = False, freeze_batchnorm: bool = True, min_image_size: int = 32
     ) -> None:
         super().__init__()
-        if not isinstance(min_image_size, int) or min_image_size < 1:
-            raise ValueError(f"min_image_size: expected a positive int, got {min_image_size!r}")
+        check_positive_int("min_image_size", min_image_size)
         self.min_image_size = min_image_size
         self.freeze_batchnorm = freeze_batchnorm
         self.model = build_efficientnet_lite0(pretrained)
@@ -69,10 +69,10 @@ class EfficientNetLiteEncoder(nn.Module):
     def forward(self, pixel_values: Tensor) -> EncoderOutput:
         """`[B, 3, H, W]` -> tokens `[B, h*w, 1280]`, mask None, pooled `[B, 1280]`."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values: expected shape [B, 3, H, W], got {tuple(pixel_values.shape)}")
+            raise ValueError(f"pixel_values: expected shape [B, 3, H, W], received {tuple(pixel_values.shape)}")
         h, w = pixel_values.shape[-2:]
         if min(h, w) < self.min_image_size:
-            raise ValueError(f"pixel_values: expected H, W >= min_image_size={self.min_image_size}, got {h}x{w}")
+            raise ValueError(f"pixel_values: expected H, W >= min_image_size={self.min_image_size}, received {h}x{w}")
         features = self.model.extract_features(pixel_values)  # [B, 1280, h, w]
         tokens = features.flatten(2).transpose(1, 2)  # [B, h*w, 1280]
         return EncoderOutput(tokens=tokens, mask=None, pooled=tokens.mean(dim=1))

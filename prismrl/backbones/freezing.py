@@ -8,9 +8,9 @@ from torch import nn
 def set_requires_grad(module: nn.Module, flag: bool) -> nn.Module:
     """Set `requires_grad = flag` on every parameter of `module`; returns `module`."""
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
+        raise TypeError(f"module: expected an nn.Module, received {type(module).__name__}")
     if not isinstance(flag, bool):
-        raise TypeError(f"flag: expected a bool, got {type(flag).__name__}")
+        raise TypeError(f"flag: expected a bool, received {type(flag).__name__}")
     for param in module.parameters():
         param.requires_grad_(flag)
     return module
@@ -29,5 +29,5 @@ def unfreeze(module: nn.Module) -> nn.Module:
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters (shared parameters counted once)."""
     if not isinstance(module, nn.Module):
-        raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
+        raise TypeError(f"module: expected an nn.Module, received {type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

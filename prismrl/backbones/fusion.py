@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from prismrl.backbones.pooling import check_mask, masked_mean
+from prismrl.choices import check_positive_int
 
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -66,14 +67,12 @@ class CrossModalFusion(nn.Module):
         super().__init__()
         for name, value in (("text_dim", text_dim), ("vision_dim", vision_dim), ("hidden_dim", hidden_dim),
                             ("num_heads", num_heads)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not isinstance(num_layers, int) or num_layers < 0:
-            raise ValueError(f"num_layers: expected an int >= 0, got {num_layers!r}")
+            check_positive_int(name, value)
+        check_positive_int("num_layers", num_layers, minimum=0)
         if hidden_dim % num_heads:
-            raise ValueError(f"num_heads: must divide hidden_dim={hidden_dim}, got num_heads={num_heads}")
+            raise ValueError(f"num_heads: must divide hidden_dim={hidden_dim}, received num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
+            raise ValueError(f"dropout: expected a float in [0, 1), received {dropout!r}")
         self.text_dim, self.vision_dim, self.hidden_dim = text_dim, vision_dim, hidden_dim
         self.text_proj = nn.Linear(text_dim, hidden_dim)
         self.vision_proj = nn.Linear(vision_dim, hidden_dim)
@@ -87,7 +86,7 @@ class CrossModalFusion(nn.Module):
         if tokens is None:
             return None, None
         if tokens.dim() != 3 or tokens.shape[-1] != dim:
-            raise ValueError(f"{name}_tokens: expected shape [B, N, {dim}], got {tuple(tokens.shape)}")
+            raise ValueError(f"{name}_tokens: expected shape [B, N, {dim}], received {tuple(tokens.shape)}")
         return tokens, check_mask(tokens, mask, f"{name}_mask")
 
     def forward(
@@ -101,10 +100,10 @@ class CrossModalFusion(nn.Module):
         text_tokens, text_mask = self._stream(text_tokens, text_mask, self.text_dim, "text")
         vision_tokens, vision_mask = self._stream(vision_tokens, vision_mask, self.vision_dim, "vision")
         if text_tokens is None and vision_tokens is None:
-            raise ValueError("text_tokens / vision_tokens: expected at least one stream, got None for both")
+            raise ValueError("text_tokens / vision_tokens: expected at least one stream, received None for both")
         if text_tokens is not None and vision_tokens is not None and text_tokens.shape[0] != vision_tokens.shape[0]:
             raise ValueError(
-                f"vision_tokens: expected batch size {text_tokens.shape[0]} (= text_tokens), got {vision_tokens.shape[0]}"
+                f"vision_tokens: expected batch size {text_tokens.shape[0]} (= text_tokens), received {vision_tokens.shape[0]}"
             )
         t = self.text_proj(text_tokens) if text_tokens is not None else None  # [B, Nt, H]
         v = self.vision_proj(vision_tokens) if vision_tokens is not None else None  # [B, Nv, H]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from prismrl.choices import check_positive_int
+
 ALL_LINEAR = "all-linear"
 # Leaf names of output heads that "all-linear" leaves alone.
 OUTPUT_HEAD_NAMES = frozenset({"lm_head", "classifier", "score", "qa_outputs", "decoder", "fc", "_fc"})
@@ -34,16 +36,15 @@ class LoraSettings:
     modules_to_save: list[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"lora.r: expected a positive int, got {self.r!r}")
+        check_positive_int("lora.r", self.r)
         if self.alpha <= 0:
-            raise ValueError(f"lora.alpha: expected a positive number, got {self.alpha!r}")
+            raise ValueError(f"lora.alpha: expected a positive number, received {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout: expected a float in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"lora.dropout: expected a float in [0, 1), received {self.dropout!r}")
         if self.bias not in BIAS_MODES:
-            raise ValueError(f"lora.bias: expected one of {BIAS_MODES}, got {self.bias!r}")
+            raise ValueError(f"lora.bias: expected one of {BIAS_MODES}, received {self.bias!r}")
         if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError("lora.target_modules: expected 'all-linear', a regex or a non-empty list, got []")
+            raise ValueError("lora.target_modules: expected 'all-linear', a regex or a non-empty list, received []")
 
 
 def all_linear_names(model: nn.Module) -> list[str]:
@@ -73,7 +74,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings):
     from peft import LoraConfig, get_peft_model
 
     if not isinstance(settings, LoraSettings):
-        raise TypeError(f"settings: expected LoraSettings, got {type(settings).__name__}")
+        raise TypeError(f"settings: expected LoraSettings, received {type(settings).__name__}")
     targets = settings.target_modules
     if targets == ALL_LINEAR:
         targets = all_linear_names(model)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from prismrl.choices import check_positive_int
+
 
 @dataclass
 class EncoderOutput:
@@ -28,11 +30,11 @@ def check_mask(tokens: Tensor, mask: Tensor | None, name: str = "mask") -> Tenso
     Raises ValueError if a row has no real token (pooling over it would be undefined).
     """
     if tokens.dim() != 3:
-        raise ValueError(f"tokens: expected shape [B, N, H], got {tuple(tokens.shape)}")
+        raise ValueError(f"tokens: expected shape [B, N, H], received {tuple(tokens.shape)}")
     if mask is None:
         return None
     if mask.shape != tokens.shape[:2]:
-        raise ValueError(f"{name}: expected shape {tuple(tokens.shape[:2])} (= tokens [B, N]), got {tuple(mask.shape)}")
+        raise ValueError(f"{name}: expected shape {tuple(tokens.shape[:2])} (= tokens [B, N]), received {tuple(mask.shape)}")
     mask = mask.bool()
     empty = ~mask.any(dim=1)  # [B]
     if bool(empty.any()):
@@ -69,12 +71,12 @@ class AttentionPool(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("num_queries", num_queries), ("num_heads", num_heads), ("out_dim", out_dim)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            if value is not None:
+                check_positive_int(name, value)
         if dim % num_heads != 0:
-            raise ValueError(f"num_heads: must divide dim={dim}, got num_heads={num_heads}")
+            raise ValueError(f"num_heads: must divide dim={dim}, received num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
+            raise ValueError(f"dropout: expected a float in [0, 1), received {dropout!r}")
         self.dim, self.num_queries, self.num_heads = dim, num_queries, num_heads
         self.out_dim, self.use_layernorm = out_dim or dim, use_layernorm
         self.queries = nn.Parameter(torch.randn(num_queries, dim) * dim**-0.5)  # [Q, dim]
@@ -86,7 +88,7 @@ class AttentionPool(nn.Module):
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         mask = check_mask(tokens, mask)
         if tokens.shape[-1] != self.dim:
-            raise ValueError(f"tokens: expected last dim dim={self.dim}, got shape {tuple(tokens.shape)}")
+            raise ValueError(f"tokens: expected last dim dim={self.dim}, received shape {tuple(tokens.shape)}")
         kv = self.ln_kv(tokens)  # [B, N, dim]
         q = self.ln_q(self.queries).unsqueeze(0).expand(tokens.shape[0], -1, -1)  # [B, Q, dim]
         key_padding_mask = None if mask is None else ~mask  # MHA: True = ignore

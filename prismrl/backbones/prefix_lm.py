@@ -2,7 +2,7 @@
 
 Sequence: inputs_embeds = [prefix ``[B, P, H]`` ; Embed(prompt ++ answer ++ EOS ++ padding)], positions =
 ``cumsum(attention_mask) - 1``. Loss: next-token cross-entropy on the answer tokens only
-(``prismrl.data.answer_masking.prefix_lm_inputs``); the LM head runs only on those positions, so no [B, T, V]
+(``prismrl.backbones.answer_masking.prefix_lm_inputs``); the LM head runs only on those positions, so no [B, T, V]
 logits tensor is built in training. ``generate`` is greedy with a KV cache: prompts are left-padded between the
 prefix and the prompt (padding masked out), so all rows step together.
 """
@@ -15,17 +15,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prismrl.backbones.answer_decoder import AnswerDecoderOutput, answer_ids, check_texts, decode_answers, text_ids
+from prismrl.backbones.answer_decoder import (
+    AnswerDecoderOutput,
+    answer_ids,
+    check_texts,
+    decode_answers,
+    text_ids,
+)
+from prismrl.backbones.answer_masking import (
+    IGNORE_INDEX,
+    left_padded_prompts,
+    positions_from_mask,
+    prefix_lm_inputs,
+)
 from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone
-from prismrl.data.answer_masking import IGNORE_INDEX, left_padded_prompts, positions_from_mask, prefix_lm_inputs
+from prismrl.backbones.shipped import check_exactly_one, split_tiny_config
+from prismrl.choices import check_positive_int
+
+
+def _load_lm(model_name_or_path: str | None, tiny_config: dict | None, torch_dtype: str | None,
+             attn_implementation: str, quantization: str | None):
+    """(causal LM, tokenizer) from exactly one of a name / path or a tiny llama config."""
+    from prismrl.backbones.causal_lm import load_causal_lm
+    from prismrl.backbones.tokenizers import load_smollm2_tokenizer, tiny_llama_config
+
+    check_exactly_one(model_name_or_path, tiny_config)
+    if tiny_config is None:
+        return load_causal_lm(model_name_or_path, torch_dtype=torch_dtype, attn_implementation=attn_implementation,
+                              quantization=quantization)
+    _, overrides = split_tiny_config(tiny_config, ("llama",))
+    tokenizer = load_smollm2_tokenizer()
+    return load_causal_lm(config=tiny_llama_config(tokenizer, **overrides), tokenizer=tokenizer,
+                          torch_dtype=torch_dtype, attn_implementation=attn_implementation, quantization=quantization)
 
 
 class PrefixLMDecoder(nn.Module):
     """Causal LM answer decoder fed with a visual prefix.
 
     Args:
-        model_name_or_path / tiny_config: exactly one; ``prismrl.backbones.causal_lm.load_causal_lm`` sources
-            ("shipped:smollm2-135m-instruct", an HF id / folder, or ``{"model_type": "llama", ...}``).
+        model_name_or_path / tiny_config: exactly one; "shipped:smollm2-135m-instruct" or an HF id / folder
+            (``prismrl.backbones.causal_lm.load_causal_lm``), or ``{"model_type": "llama", ...overrides}`` (a random-init
+            ``tiny_llama_config`` on the shipped SmolLM2 tokenizer).
         lora: LoRA settings (the base LM is frozen, adapters train); freeze: freeze the LM without LoRA.
         torch_dtype, attn_implementation, quantization ("8bit" / "4bit" base weights on a GPU): passed to the loader.
         prompt_template: the text before the answer, with ``{question}``; answer_template: the answer text,
@@ -50,17 +80,13 @@ class PrefixLMDecoder(nn.Module):
         max_new_tokens: int = 6,
     ) -> None:
         super().__init__()
-        from prismrl.backbones.causal_lm import load_causal_lm
-
         for name, template, key in (("prompt_template", prompt_template, "{question}"),
                                     ("answer_template", answer_template, "{answer}")):
             if key not in template:
                 raise ValueError(f"{name}: expected a template containing {key}, received {template!r}")
-        for name, value in (("max_length", max_length), ("max_new_tokens", max_new_tokens)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, received {value!r}")
-        model, self.tokenizer = load_causal_lm(model_name_or_path, tiny_config, torch_dtype, attn_implementation,
-                                               quantization)
+        check_positive_int("max_length", max_length)
+        check_positive_int("max_new_tokens", max_new_tokens)
+        model, self.tokenizer = _load_lm(model_name_or_path, tiny_config, torch_dtype, attn_implementation, quantization)
         if self.tokenizer.eos_token_id is None:
             raise ValueError("model_name_or_path: the tokenizer has no EOS token to end answers with")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from prismrl.choices import check_positive_int
+
 
 class ProjectionHead(nn.Module):
     """`Linear(in, out)` or, with `hidden_dim`, `Linear(in, hidden) -> GELU -> Dropout -> Linear(hidden, out)`.
@@ -14,10 +16,10 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            if value is not None:
+                check_positive_int(name, value)
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
+            raise ValueError(f"dropout: expected a float in [0, 1), received {dropout!r}")
         self.in_dim, self.out_dim, self.hidden_dim = in_dim, out_dim, hidden_dim
         if hidden_dim is None:
             self.net: nn.Module = nn.Linear(in_dim, out_dim)
@@ -28,5 +30,5 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
-            raise ValueError(f"x: expected last dim in_dim={self.in_dim}, got shape {tuple(x.shape)}")
+            raise ValueError(f"x: expected last dim in_dim={self.in_dim}, received shape {tuple(x.shape)}")
         return self.net(x)  # [..., out_dim]

@@ -29,16 +29,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prismrl.backbones.answer_decoder import (
-    AnswerDecoderOutput, answer_ids, check_texts, decode_answers, load_text_tokenizer, text_ids,
+    AnswerDecoderOutput,
+    answer_ids,
+    check_texts,
+    decode_answers,
+    load_text_tokenizer,
+    text_ids,
 )
+from prismrl.backbones.answer_masking import IGNORE_INDEX, slot_labels
 from prismrl.backbones.resampler import PerceiverAttention
-from prismrl.data.answer_masking import IGNORE_INDEX, slot_labels
+from prismrl.choices import check_positive_int
 
 
 def _positive(**values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name}: expected a positive int, received {value!r}")
+        check_positive_int(name, value)
 
 
 class RecursiveReasoner(nn.Module):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrl.choices import check_positive_int
+
 
 class PerceiverAttention(nn.Module):
     """Multi-head cross-attention of latents over (tokens ++ latents), with a key padding mask on the tokens."""
@@ -73,8 +75,7 @@ class PerceiverResampler(nn.Module):
         super().__init__()
         for name, value in (("dim", dim), ("num_latents", num_latents), ("depth", depth), ("num_heads", num_heads),
                             ("head_dim", head_dim), ("ff_mult", ff_mult)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+            check_positive_int(name, value)
         self.dim, self.input_dim, self.num_latents = dim, input_dim or dim, num_latents
         self.input_proj = nn.Identity() if self.input_dim == dim else nn.Linear(self.input_dim, dim)
         self.position = nn.Parameter(torch.zeros(max_tokens, dim)) if max_tokens else None

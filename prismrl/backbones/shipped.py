@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
 def resolve_model_path(name_or_path: str) -> str:
     """Map `shipped:<alias>` to its local folder; return any other string unchanged."""
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise TypeError(f"name_or_path: expected a non-empty str, got {name_or_path!r}")
+        raise TypeError(f"name_or_path: expected a non-empty str, received {name_or_path!r}")
     if not name_or_path.startswith(SHIPPED_PREFIX):
         return name_or_path
     alias = name_or_path[len(SHIPPED_PREFIX):]
@@ -67,7 +67,7 @@ def tiny_hf_config(tiny_config: dict[str, Any]):
     from transformers import AutoConfig
 
     if not isinstance(tiny_config, dict) or not isinstance(tiny_config.get("model_type"), str):
-        raise ValueError(f"tiny_config: expected a dict with a str 'model_type' key, got {tiny_config!r}")
+        raise ValueError(f"tiny_config: expected a dict with a str 'model_type' key, received {tiny_config!r}")
     kwargs = dict(tiny_config)
     model_type = kwargs.pop("model_type")
     try:
@@ -76,11 +76,23 @@ def tiny_hf_config(tiny_config: dict[str, Any]):
         raise ValueError(f"tiny_config.model_type: transformers knows no model type {model_type!r}") from None
 
 
+def split_tiny_config(tiny_config: dict[str, Any], families: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    """``{"model_type": family, **overrides}`` -> (family, overrides); ValueError unless family is one of ``families``."""
+    known = tuple(families)
+    if not isinstance(tiny_config, dict):
+        raise TypeError(f"tiny_config: expected a dict with a 'model_type' key, received {type(tiny_config).__name__}")
+    overrides = dict(tiny_config)
+    family = overrides.pop("model_type", None)
+    if family not in known:
+        raise ValueError(f"tiny_config.model_type: expected one of {', '.join(known)}, received {family!r}")
+    return family, overrides
+
+
 def check_exactly_one(model_name_or_path: str | None, tiny_config: dict | None) -> None:
     """Raise ValueError unless exactly one of the two model sources is given."""
     if (model_name_or_path is None) == (tiny_config is None):
         raise ValueError(
-            "model_name_or_path / tiny_config: expected exactly one of them, got "
+            "model_name_or_path / tiny_config: expected exactly one of them, received "
             f"model_name_or_path={model_name_or_path!r}, tiny_config={tiny_config!r}"
         )
 

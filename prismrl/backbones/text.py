@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone
 from prismrl.backbones.pooling import EncoderOutput, masked_mean
-from prismrl.backbones.shipped import build_hf_model, check_exactly_one, pretrained_kwargs, resolve_model_path
+from prismrl.backbones.shipped import (
+    build_hf_model,
+    check_exactly_one,
+    pretrained_kwargs,
+    resolve_model_path,
+)
+from prismrl.choices import check_positive_int
 
 DEFAULT_TINY_TOKENIZER = "shipped:all-minilm-l6-v2"
 
@@ -39,7 +45,7 @@ def parse_pooling(pooling: str) -> TextPooling:
         return TextPooling(pooling)
     except ValueError:
         choices = [p.value for p in TextPooling]
-        raise ValueError(f"pooling: expected one of {choices}, got {pooling!r}") from None
+        raise ValueError(f"pooling: expected one of {choices}, received {pooling!r}") from None
 
 
 def base_model_class(config: Any) -> type:
@@ -85,8 +91,7 @@ class HFTextEncoder(nn.Module):
 
         check_exactly_one(model_name_or_path, tiny_config)
         self.pooling = parse_pooling(pooling)
-        if not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
+        check_positive_int("max_length", max_length, minimum=2)
         self.max_length = max_length
         if tokenizer_name_or_path is None:
             tokenizer_name_or_path = model_name_or_path or DEFAULT_TINY_TOKENIZER
@@ -118,18 +123,18 @@ class HFTextEncoder(nn.Module):
         if config.vocab_size < len(self.tokenizer):
             raise ValueError(
                 f"{vocab_field}: expected >= {len(self.tokenizer)} (tokens in tokenizer {tokenizer_name!r}), "
-                f"got {config.vocab_size}"
+                f"received {config.vocab_size}"
             )
         max_positions = getattr(config, "max_position_embeddings", None)
         if max_positions is not None and self.max_length > max_positions:
-            raise ValueError(f"max_length: expected <= max_position_embeddings={max_positions}, got {self.max_length}")
+            raise ValueError(f"max_length: expected <= max_position_embeddings={max_positions}, received {self.max_length}")
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         """Pad and truncate to max_length; returns input_ids and attention_mask `[B, T]`."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"texts: expected a list of str, got {type(texts).__name__}")
+            raise TypeError(f"texts: expected a list of str, received {type(texts).__name__}")
         if len(texts) == 0:
-            raise ValueError("texts: expected at least one text, got an empty list")
+            raise ValueError("texts: expected at least one text, received an empty list")
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -138,7 +143,7 @@ class HFTextEncoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
         """`[B, T]` ids (+ mask, 1 = real) -> tokens `[B, T, H]`, mask `[B, T]`, pooled `[B, H]`."""
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids: expected shape [B, T], got {tuple(input_ids.shape)}")
+            raise ValueError(f"input_ids: expected shape [B, T], received {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = input_ids.new_ones(input_ids.shape)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from prismrl.choices import check_positive_int
+
 
 class TextClassifier(nn.Module):
     """``encoder`` (``encode(list[str])`` -> output with ``pooled`` [B, H], int ``hidden_size``) + a linear head."""
@@ -21,8 +23,7 @@ class TextClassifier(nn.Module):
         if not callable(getattr(encoder, "encode", None)) or not isinstance(getattr(encoder, "hidden_size", None), int):
             raise TypeError(f"encoder: expected a module with encode(list[str]) and an int hidden_size, "
                             f"received {type(encoder).__name__}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes: expected an int >= 2, received {num_classes!r}")
+        check_positive_int("num_classes", num_classes, minimum=2)
         self.encoder = encoder
         self.num_classes = num_classes
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.hidden_size, num_classes))

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from prismrl.backbones.pooling import AttentionPool, EncoderOutput
 from prismrl.backbones.projection import ProjectionHead
+from prismrl.choices import check_positive_int
 
 
 class TowerPooling(str, Enum):
@@ -39,14 +40,13 @@ class EmbeddingTower(nn.Module):
         super().__init__()
         if not isinstance(encoder, nn.Module) or not isinstance(getattr(encoder, "hidden_size", None), int):
             raise TypeError(
-                f"encoder: expected an nn.Module with an int hidden_size, got {type(encoder).__name__}"
+                f"encoder: expected an nn.Module with an int hidden_size, received {type(encoder).__name__}"
             )
         try:
             self.pooling = TowerPooling(pooling)
         except ValueError:
-            raise ValueError(f"pooling: expected one of {[p.value for p in TowerPooling]}, got {pooling!r}") from None
-        if not isinstance(embed_dim, int) or embed_dim <= 0:
-            raise ValueError(f"embed_dim: expected a positive int, got {embed_dim!r}")
+            raise ValueError(f"pooling: expected one of {[p.value for p in TowerPooling]}, received {pooling!r}") from None
+        check_positive_int("embed_dim", embed_dim)
         hidden = encoder.hidden_size
         self.encoder = encoder
         self.embed_dim = embed_dim
@@ -55,7 +55,7 @@ class EmbeddingTower(nn.Module):
             if not isinstance(attention_heads, int) or attention_heads <= 0 or hidden % attention_heads:
                 raise ValueError(
                     f"attention_heads: must be a positive divisor of the encoder's hidden_size={hidden}, "
-                    f"got {attention_heads!r}"
+                    f"received {attention_heads!r}"
                 )
             self.pool = AttentionPool(hidden, num_queries=1, num_heads=attention_heads)
         self.projection = ProjectionHead(hidden, embed_dim, projection_hidden_dim, projection_dropout)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone
 from prismrl.backbones.pooling import EncoderOutput
-from prismrl.backbones.shipped import build_hf_model, check_exactly_one
+from prismrl.backbones.shipped import build_hf_model, check_exactly_one, split_tiny_config
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ TINY_VISION_TYPES = ("clip_vision_model", "siglip_vision_model", "siglip2_vision
 def vision_family(model_type: str) -> VisionFamily:
     """Look up the family of a config's model_type, with a clear error."""
     if model_type not in VISION_FAMILIES:
-        raise ValueError(f"model_type: expected one of {sorted(VISION_FAMILIES)}, got {model_type!r}")
+        raise ValueError(f"model_type: expected one of {sorted(VISION_FAMILIES)}, received {model_type!r}")
     return VISION_FAMILIES[model_type]
 
 
@@ -84,11 +84,8 @@ class HFVisionEncoder(nn.Module):
         import transformers
 
         check_exactly_one(model_name_or_path, tiny_config)
-        if tiny_config is not None and tiny_config.get("model_type") not in TINY_VISION_TYPES:
-            raise ValueError(
-                f"tiny_config.model_type: expected one of {list(TINY_VISION_TYPES)}, "
-                f"got {tiny_config.get('model_type')!r}"
-            )
+        if tiny_config is not None:
+            split_tiny_config(tiny_config, TINY_VISION_TYPES)
 
         def model_class_for(config: Any) -> type:
             return getattr(transformers, vision_family(config.model_type).model_class)
@@ -108,17 +105,17 @@ class HFVisionEncoder(nn.Module):
     def _check_pixels(self, pixel_values: Tensor) -> None:
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
-                f"pixel_values: expected shape [B, {self.config.num_channels}, H, W], got {tuple(pixel_values.shape)}"
+                f"pixel_values: expected shape [B, {self.config.num_channels}, H, W], received {tuple(pixel_values.shape)}"
             )
         h, w = pixel_values.shape[-2:]
         if self.family.patchified:
             if h % self.patch_size or w % self.patch_size:
                 raise ValueError(
-                    f"pixel_values: H and W must be multiples of patch_size={self.patch_size}, got {h}x{w}"
+                    f"pixel_values: H and W must be multiples of patch_size={self.patch_size}, received {h}x{w}"
                 )
         elif h != self.config.image_size or w != self.config.image_size:
             size = self.config.image_size
-            raise ValueError(f"pixel_values: expected {size}x{size} images (config image_size={size}), got {h}x{w}")
+            raise ValueError(f"pixel_values: expected {size}x{size} images (config image_size={size}), received {h}x{w}")
 
     def forward(self, pixel_values: Tensor) -> EncoderOutput:
         """`[B, 3, H, W]` -> tokens `[B, N, H]`, mask None, pooled `[B, H]`."""

@@ -17,8 +17,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from prismrl.callbacks.plotting import log_figure, new_figure, run_dir, save_png_atomic
+from prismrl.choices import check_positive_int
 from prismrl.data.batches import ImageTextBatch
+from prismrl.evaluation.plotting import log_figure, new_figure, run_dir, save_png_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,9 +55,9 @@ PROJECTIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"pca": _pca_2
 def project_2d(points: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     """Project points [N, D] to [N, 2] with the named method ("pca" or "tsne")."""
     if method not in PROJECTIONS:
-        raise ValueError(f"project_2d: method must be one of {sorted(PROJECTIONS)}, got {method!r}")
+        raise ValueError(f"project_2d: method must be one of {sorted(PROJECTIONS)}, received {method!r}")
     if points.ndim != 2 or points.shape[0] < 2:
-        raise ValueError(f"project_2d: points must be [N, D] with N >= 2, got shape {tuple(points.shape)}")
+        raise ValueError(f"project_2d: points must be [N, D] with N >= 2, received shape {tuple(points.shape)}")
     return PROJECTIONS[method](np.asarray(points, dtype=np.float64), seed).astype(np.float32)
 
 
@@ -69,7 +70,7 @@ def collect_fixed_subset(batches: Iterable[Any], num_samples: int) -> ImageTextB
     for batch in batches:
         if not isinstance(batch, ImageTextBatch):
             raise TypeError(
-                f"EmbeddingPlotCallback: validation batches must be ImageTextBatch, got {type(batch).__name__}"
+                f"EmbeddingPlotCallback: validation batches must be ImageTextBatch, received {type(batch).__name__}"
             )
         take = min(len(batch), num_samples - count)
         pixels.append(batch.pixel_values[:take].detach().cpu())
@@ -80,7 +81,7 @@ def collect_fixed_subset(batches: Iterable[Any], num_samples: int) -> ImageTextB
         if count >= num_samples:
             break
     if count < 2:
-        raise ValueError(f"EmbeddingPlotCallback: the validation set must hold at least 2 samples, got {count}")
+        raise ValueError(f"EmbeddingPlotCallback: the validation set must hold at least 2 samples, received {count}")
     return ImageTextBatch(torch.cat(pixels), captions, torch.cat(labels).long())
 
 
@@ -116,7 +117,7 @@ def draw_embedding_figure(
     point_colors = [colors[int(c)] for c in labels]
     for ax, (method, xy) in zip(axes, projections.items()):
         if xy.shape != (2 * n, 2):
-            raise ValueError(f"draw_embedding_figure: projection {method!r} must be [{2 * n}, 2], got {xy.shape}")
+            raise ValueError(f"draw_embedding_figure: projection {method!r} must be [{2 * n}, 2], received {xy.shape}")
         img, txt = xy[:n], xy[n:]  # [N, 2] each
         if draw_pairs:
             for (x0, y0), (x1, y1) in zip(img, txt):
@@ -171,17 +172,16 @@ class EmbeddingPlotCallback(Callback):
             ("num_samples", num_samples, 2),
             ("embed_batch_size", embed_batch_size, 1),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"EmbeddingPlotCallback: {name} must be an int >= {low}, got {value!r}")
+            check_positive_int(name, value, minimum=low)
         if isinstance(methods, str) or not isinstance(methods, Sequence) or len(methods) == 0:
-            raise ValueError(f"EmbeddingPlotCallback: methods must be a non-empty list of names, got {methods!r}")
+            raise ValueError(f"EmbeddingPlotCallback: methods must be a non-empty list of names, received {methods!r}")
         unknown = [m for m in methods if m not in PROJECTIONS]
         if unknown:
             raise ValueError(
-                f"EmbeddingPlotCallback: methods must be drawn from {sorted(PROJECTIONS)}, got unknown {unknown}"
+                f"EmbeddingPlotCallback: methods must be drawn from {sorted(PROJECTIONS)}, received unknown {unknown}"
             )
         if not isinstance(filename, str) or not filename or "/" in filename or "\\" in filename:
-            raise ValueError(f"EmbeddingPlotCallback: filename must be a non-empty name without '/', got {filename!r}")
+            raise ValueError(f"EmbeddingPlotCallback: filename must be a non-empty name without '/', received {filename!r}")
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples
         self.methods = list(dict.fromkeys(methods))
@@ -262,6 +262,6 @@ class EmbeddingPlotCallback(Callback):
         if img.ndim != 2 or img.shape != txt.shape:
             raise ValueError(
                 "EmbeddingPlotCallback: embed_images and embed_texts must return [N, D] of the same shape, "
-                f"got {tuple(img.shape)} and {tuple(txt.shape)}"
+                f"received {tuple(img.shape)} and {tuple(txt.shape)}"
             )
         return img.numpy(), txt.numpy()

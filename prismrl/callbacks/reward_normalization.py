@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from prismrl.rl.reward_normalizer import RewardNormalizer
+from prismrl.rewards.normalizer import RewardNormalizer
 
 
 class RewardNormalizationCallback(Callback):

@@ -67,7 +67,7 @@ def restore_rng_state(state: RNGState, device: torch.device | None = None) -> No
     """Set the Python, NumPy, torch CPU and (when saved and `device` is CUDA) CUDA RNG states."""
     missing = {"python", "numpy", "torch"} - set(state)
     if missing:
-        raise ValueError(f"restore_rng_state: state lacks keys {sorted(missing)}, got keys {sorted(state)}")
+        raise ValueError(f"restore_rng_state: state lacks keys {sorted(missing)}, received keys {sorted(state)}")
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     np_state = state["numpy"]

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from prismrl.callbacks.plotting import log_figure, new_figure, run_dir, save_png_atomic
+from prismrl.evaluation.plotting import log_figure, new_figure, run_dir, save_png_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -82,9 +82,9 @@ class TrainingCurvesCallback(Callback):
         super().__init__()
         for field, value in (("filename_curves", filename_curves), ("filename_components", filename_components)):
             if not isinstance(value, str) or not value.endswith(".png") or "/" in value:
-                raise ValueError(f"TrainingCurvesCallback: {field} must be a '*.png' file name, got {value!r}")
+                raise ValueError(f"TrainingCurvesCallback: {field} must be a '*.png' file name, received {value!r}")
         if not loss_component_prefix:
-            raise ValueError("TrainingCurvesCallback: loss_component_prefix must be a non-empty string, got ''")
+            raise ValueError("TrainingCurvesCallback: loss_component_prefix must be a non-empty string, received ''")
         self.filename_curves = filename_curves
         self.filename_components = filename_components
         self.loss_component_prefix = loss_component_prefix
@@ -127,7 +127,7 @@ class TrainingCurvesCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "history" not in state_dict:
-            raise ValueError(f"TrainingCurvesCallback: state_dict needs a 'history' key, got {sorted(state_dict)}")
+            raise ValueError(f"TrainingCurvesCallback: state_dict needs a 'history' key, received {sorted(state_dict)}")
         self.history = [dict(r, values=dict(r["values"])) for r in state_dict["history"]]
 
     # ---- plotting --------------------------------------------------------------------------------

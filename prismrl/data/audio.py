@@ -3,20 +3,45 @@
 Decoding accepts PCM 8/16/32-bit integer and 32/64-bit float WAV files at any sample rate and with any
 number of channels (<= 8): integer samples are scaled to [-1, 1) (``x / 2^(bits-1)``; unsigned 8-bit is
 centred first), channels are averaged and other rates are resampled to 16 kHz with
-``prismrl.backbones.audio.to_mono_16k``. A file with no sample is an error (there is nothing to encode);
+``to_mono_16k``. A file with no sample is an error (there is nothing to encode);
 a sample *without* audio is represented by ``None`` / a null cell, never by an empty file.
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from prismrl.backbones.audio import WHISPER_SAMPLING_RATE, to_mono_16k
+from prismrl.choices import check_positive_int
 
-SAMPLING_RATE = WHISPER_SAMPLING_RATE
+SAMPLING_RATE = 16_000  # Whisper's rate, the one every audio encoder in prismrl takes
+
+
+def to_mono_16k(waveform: np.ndarray | Tensor, sampling_rate: int, where: str = "waveform") -> np.ndarray:
+    """A float32 mono waveform at 16 kHz.
+
+    Accepts [N] or channel-first [C, N] (C <= 8; channels are averaged). Other rates are resampled with a
+    polyphase filter. Empty audio is an error: it has no frame to encode.
+    """
+    audio = waveform.detach().cpu().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
+    if audio.ndim == 2 and audio.shape[0] <= 8:
+        audio = audio.mean(axis=0)
+    if audio.ndim != 1:
+        raise ValueError(f"{where}: expected a mono [N] or channel-first [C, N] waveform, received shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError(f"{where}: expected at least one audio sample, received an empty waveform")
+    check_positive_int("sampling_rate", sampling_rate)
+    audio = audio.astype(np.float32)
+    if sampling_rate != SAMPLING_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(sampling_rate, SAMPLING_RATE)
+        audio = resample_poly(audio, SAMPLING_RATE // g, sampling_rate // g).astype(np.float32)
+    return audio
 
 
 def _to_float(samples: np.ndarray, where: str) -> np.ndarray:

@@ -39,10 +39,10 @@ def collate_image_text(samples: Sequence[ImageTextSample]) -> ImageTextBatch:
     """Stack B samples: pixel_values [B, 3, H, W], captions list of B, labels [B] long; with audio, waveforms
     zero-padded to [B, N] with lengths [B] (0 = no clip); a caption mask [B] when some caption is missing."""
     if len(samples) == 0:
-        raise ValueError("collate_image_text: expected at least one sample, got an empty list")
+        raise ValueError("collate_image_text: expected at least one sample, received an empty list")
     shapes = {tuple(s.pixel_values.shape) for s in samples}
     if len(shapes) != 1:
-        raise ValueError(f"collate_image_text: all images must share one shape, got {sorted(shapes)}")
+        raise ValueError(f"collate_image_text: all images must share one shape, received {sorted(shapes)}")
     batch = ImageTextBatch(
         pixel_values=torch.stack([s.pixel_values for s in samples]),  # [B, 3, H, W]
         captions=[s.caption for s in samples],

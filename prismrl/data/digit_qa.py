@@ -24,7 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prismrl.cache import cache_dir, content_key, publish_cache_dir
-from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split
+from prismrl.data.digits import (
+    DIGIT_NAMES,
+    IMAGE_PX,
+    ROW_GROUP_SIZE,
+    render_digit,
+    stratified_split,
+)
 
 DIGIT_QA_VERSION = 1
 # question type -> (question wordings, answer of a label)

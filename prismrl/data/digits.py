@@ -80,7 +80,7 @@ def make_caption(label: int, rng: np.random.Generator) -> str:
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, val rows), both shuffled: per class, ``round(n_c * val_fraction)`` rows go to val."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction: expected a value in (0, 1), got {val_fraction}")
+        raise ValueError(f"val_fraction: expected a value in (0, 1), received {val_fraction}")
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):

@@ -184,47 +184,6 @@ def ensure_domain_corpus(
     return _corpus_at(publish_cache_dir(final, build, _MANIFEST))
 
 
-def load_domain_tokenizer(tokenizer_name_or_path: str, domain_tokens: Sequence[str] = ()):
-    """A transformers tokenizer with ``domain_tokens`` appended as additional special tokens.
-
-    New tokens get ids ``len(base) .. len(base) + k - 1`` in the given order, are never split, lower-cased
-    or masked. A token already in the vocabulary (a word piece, a special token, or a domain token the
-    saved tokenizer already carries) raises a ValueError that names it.
-    """
-    from transformers import AutoTokenizer
-
-    from prismrl.backbones.shipped import pretrained_kwargs, resolve_model_path
-
-    tokens = validate_domain_tokens(domain_tokens)
-    path = resolve_model_path(tokenizer_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs(path))
-    vocab = tokenizer.get_vocab()
-    for token in tokens:
-        if token in vocab:
-            raise ValueError(
-                f"domain_tokens: {token!r} already exists in the vocabulary of tokenizer {tokenizer_name_or_path!r} "
-                f"(id {vocab[token]}); expected new tokens (drop it from domain_tokens if that tokenizer was saved with it)"
-            )
-    if tokens:
-        tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
-    return tokenizer
-
-
-def validate_domain_tokens(domain_tokens: Sequence[str] | None) -> list[str]:
-    """A list of distinct, non-empty, whitespace-free strings (else ValueError/TypeError)."""
-    if domain_tokens is None:
-        return []
-    if isinstance(domain_tokens, str) or not all(isinstance(t, str) for t in domain_tokens):
-        raise TypeError(f"domain_tokens: expected a list of str, received {domain_tokens!r}")
-    tokens = list(domain_tokens)
-    for token in tokens:
-        if not token or token != "".join(token.split()):
-            raise ValueError(f"domain_tokens: expected non-empty tokens without whitespace, received {token!r}")
-    if len(set(tokens)) != len(tokens):
-        raise ValueError(f"domain_tokens: expected distinct tokens, received {tokens}")
-    return tokens
-
-
 def with_domain_prefix(texts: Sequence[str], domain_tokens: Sequence[str]) -> list[str]:
     """``"<D1> <D2> text"`` for each text (unchanged when there are no domain tokens)."""
     prefix = " ".join(domain_tokens)
@@ -236,11 +195,9 @@ __all__ = [
     "DomainCorpus",
     "ensure_domain_corpus",
     "lee_documents",
-    "load_domain_tokenizer",
     "pack_passages",
     "paragraphs",
     "python_docs_documents",
     "split_documents",
-    "validate_domain_tokens",
     "with_domain_prefix",
 ]

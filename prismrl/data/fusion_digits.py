@@ -31,7 +31,14 @@ import numpy as np
 import pyarrow as pa
 
 from prismrl.cache import cache_dir, content_key, publish_cache_dir
-from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split, write_digit_parquet
+from prismrl.data.digits import (
+    DIGIT_NAMES,
+    IMAGE_PX,
+    ROW_GROUP_SIZE,
+    render_digit,
+    stratified_split,
+    write_digit_parquet,
+)
 
 FUSION_DIGITS_VERSION = 2  # 2: logged_action / logged_reward columns
 HINT_PREFIXES = ["a noisy handwritten digit", "a blurred scan of a digit", "a partly hidden handwritten number"]
@@ -56,13 +63,13 @@ class FusionDigitsConfig:
 
     def __post_init__(self) -> None:
         if self.noise_std < 0:
-            raise ValueError(f"noise_std: expected a value >= 0, got {self.noise_std}")
+            raise ValueError(f"noise_std: expected a value >= 0, received {self.noise_std}")
         if not 0 <= self.occlusion_size <= 8:
-            raise ValueError(f"occlusion_size: expected an int in [0, 8], got {self.occlusion_size}")
+            raise ValueError(f"occlusion_size: expected an int in [0, 8], received {self.occlusion_size}")
         if not 0.0 <= self.set_hint_probability <= 1.0:
-            raise ValueError(f"set_hint_probability: expected a probability in [0, 1], got {self.set_hint_probability}")
+            raise ValueError(f"set_hint_probability: expected a probability in [0, 1], received {self.set_hint_probability}")
         if not 1 <= self.set_size <= 10:
-            raise ValueError(f"set_size: expected an int in [1, 10], got {self.set_size}")
+            raise ValueError(f"set_size: expected an int in [1, 10], received {self.set_size}")
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from prismrl.data.adapters.causal_lm import CausalLMAdapter
-
 _LABEL_LINE = re.compile(r"^\s*label\s*:\s*(.*?)\s*$", re.IGNORECASE)
 _TEXT_PREFIX = re.compile(r"^\s*text\s*:\s*", re.IGNORECASE)
 _LETTER = re.compile(r"[^\W\d_]")
@@ -174,18 +172,3 @@ def parse_batch(generations: Sequence[str], labels: Sequence[int], label_names: 
     items = [parse_generation(g, int(y), label_names) for g, y in zip(generations, labels)]
     tally = Counter(item.status.value for item in items)
     return ParseReport(items, {status.value: tally.get(status.value, 0) for status in ParseStatus})
-
-
-class ResponsePrefixAdapter(CausalLMAdapter):
-    """A text causal-LM adapter whose prompts end with the assistant turn prefilled with ``response_prefix``
-    (after the chat template's generation prompt, or on a new line without a chat template)."""
-
-    def __init__(self, tokenizer, config, response_prefix: str = "", **kwargs: Any) -> None:
-        super().__init__(tokenizer, config, **kwargs)
-        self.response_prefix = response_prefix
-
-    def render_prompt(self, prompt: str) -> str:
-        text = super().render_prompt(prompt)
-        if not self.response_prefix:
-            return text
-        return text + self.response_prefix if self.use_chat_template else f"{text}\n{self.response_prefix}"

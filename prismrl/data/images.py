@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from prismrl.choices import check_positive_int
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -26,7 +28,7 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     ``where`` names the sample in error messages, e.g. ``"row 17 of column 'image' in train.parquet"``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{where}: expected encoded image bytes, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected encoded image bytes, received {type(data).__name__}")
     if len(data) == 0:
         raise ValueError(f"{where}: image bytes are empty")
     try:
@@ -74,12 +76,11 @@ class ImageTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
+        check_positive_int("image_size", image_size)
         if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"image_mean/image_std: expected 3 values each, got {tuple(mean)} and {tuple(std)}")
+            raise ValueError(f"image_mean/image_std: expected 3 values each, received {tuple(mean)} and {tuple(std)}")
         if any(s <= 0 for s in std):
-            raise ValueError(f"image_std: expected positive values, got {tuple(std)}")
+            raise ValueError(f"image_std: expected positive values, received {tuple(std)}")
         self.image_size = image_size
         self.mean = torch.tensor([float(m) for m in mean]).view(3, 1, 1)  # [3, 1, 1]
         self.std = torch.tensor([float(s) for s in std]).view(3, 1, 1)  # [3, 1, 1]
@@ -88,7 +89,7 @@ class ImageTransform:
         if isinstance(image, (bytes, bytearray, memoryview)):
             image = decode_image(bytes(image), where)
         if not isinstance(image, Image.Image):
-            raise TypeError(f"{where}: expected a PIL image or bytes, got {type(image).__name__}")
+            raise TypeError(f"{where}: expected a PIL image or bytes, received {type(image).__name__}")
         rgb = to_rgb(image)
         if rgb.size != (self.image_size, self.image_size):
             rgb = rgb.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)

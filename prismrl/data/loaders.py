@@ -11,16 +11,59 @@ sampler when ``dataloader.sampler`` is not a ``DistributedSampler``); the DataMo
 (``loops.fit_loop.combined_loader``) and restores it before it creates the epoch's iterator. On a
 mid-epoch resume the consumed batches are skipped by slicing the sampler's index list, so no skipped
 sample is read or decoded.
+
+``LoaderSettings`` groups what every DataModule takes about loading (YAML: ``data.init_args.loader.batch_size``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence, Sized
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+
+from prismrl.choices import check_positive_int
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a DataModule loads batches, shared by every DataModule.
+
+    batch_size: samples per training batch (per rank); val_batch_size: samples per validation / test batch
+    (None = batch_size); num_workers: DataLoader worker processes (0 = load in the main process); pin_memory:
+    page-locked host batches for faster copies to a GPU. Workers are never persistent: the loaders hand each
+    epoch's number to fresh workers (sampler order, masking and request seeds depend on it).
+    """
+
+    batch_size: int = 32
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int("loader.batch_size", self.batch_size)
+        if self.val_batch_size is not None:
+            check_positive_int("loader.val_batch_size", self.val_batch_size)
+        check_positive_int("loader.num_workers", self.num_workers, minimum=0)
+        if not isinstance(self.pin_memory, bool):
+            raise ValueError(f"loader.pin_memory: expected a bool, received {self.pin_memory!r}")
+
+    @property
+    def eval_batch_size(self) -> int:
+        """``val_batch_size``, or ``batch_size`` when it is None."""
+        return self.batch_size if self.val_batch_size is None else self.val_batch_size
+
+    def worker_kwargs(self) -> dict[str, Any]:
+        """The ``DataLoader`` keyword arguments besides the batch size: ``num_workers`` and ``pin_memory``."""
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+
+
+# A DataModule built in Python records its LoaderSettings among the checkpoint's hyperparameters; resuming from
+# that checkpoint loads it with ``torch.load(weights_only=True)``, which accepts only allow-listed classes.
+torch.serialization.add_safe_globals([LoaderSettings])
 
 
 def resolve_rank_world(trainer: Any | None = None) -> tuple[int, int]:
@@ -190,16 +233,3 @@ class ResumableDataLoader(DataLoader):
         self.set_epoch(epoch)
         self._batches_done = done
         self._resume = (epoch, done)
-
-
-def load_pending_dataloader_states(trainer: Any) -> None:
-    """Hand checkpointed dataloader states to the train loader when Lightning did not.
-
-    Lightning restores stateful loaders only when the fit loop creates its combined loader after the
-    checkpoint was read. ``trainer.estimated_stepping_batches`` (called by ``configure_optimizers`` to size
-    a schedule) creates it earlier, and the saved position would be dropped silently, so a run resumed
-    mid-epoch would start the epoch over. Call this from ``on_train_start``: it applies the pending states.
-    """
-    fit_loop = trainer.fit_loop
-    if getattr(fit_loop, "_combined_loader_states_to_load", None) and fit_loop._combined_loader is not None:
-        fit_loop._load_combined_loader_states()

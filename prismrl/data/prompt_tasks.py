@@ -1,4 +1,4 @@
-"""Built-in prompt tasks for GRPO: datasets of ``PromptRecord`` plus each task's recommended reward.
+"""Built-in prompt datasets for GRPO: lists of ``PromptRecord`` (their rewards: ``prismrl.rewards.tasks``).
 
 - ``digit_vqa``: scikit-learn's 1,797 digits (rendered by ``prismrl.data.digits``: dark ink on light, RGB,
   ``image_size`` px) asked as "<image>Which digit is shown? Answer with a single digit."; answer "0".."9";
@@ -8,31 +8,20 @@
   1.0 * [its last number is correct].
   Train and val draw from independent seeded streams, so with few distinct problems they can overlap.
 
-``TASKS`` maps a name (what YAML writes as ``task: digit_vqa``) to its record builder and reward.
 """
 
 from __future__ import annotations
 
-import inspect
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from prismrl.data.adapters.base import IMAGE_PLACEHOLDER
+from prismrl.choices import check_positive_int
 from prismrl.data.digits import render_digit, stratified_split
 from prismrl.data.images import decode_image, to_rgb
-from prismrl.rl.rewards import (
-    ExactMatchReward,
-    FormatReward,
-    NumericMatchReward,
-    PromptRecord,
-    RewardFunction,
-    WeightedSumReward,
-)
+from prismrl.data.records import IMAGE_PLACEHOLDER, PromptRecord
 
 SPLITS = ("train", "val")
 DIGIT_VQA_PROMPT = f"{IMAGE_PLACEHOLDER}Which digit is shown? Answer with a single digit."
@@ -43,7 +32,7 @@ EQUATION_PATTERN = r"-?\d+\s*[-+*]\s*-?\d+\s*=\s*-?\d+\.?"  # the whole (strippe
 
 def _check_split(split: str) -> int:
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        raise ValueError(f"split: expected one of {SPLITS}, received {split!r}")
     return SPLITS.index(split)
 
 
@@ -57,8 +46,7 @@ def digit_vqa_records(split: str, image_size: int = 28, seed: int = 0, val_fract
     from sklearn.datasets import load_digits
 
     _check_split(split)
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size: expected an int >= 8, got {image_size!r}")
+    check_positive_int("image_size", image_size, minimum=8)
     digits = load_digits()
     labels = digits.target.astype(np.int64)  # [N]
     rows = stratified_split(labels, val_fraction, seed)[_check_split(split)]
@@ -83,14 +71,12 @@ def arithmetic_records(
     """``num_examples`` problems ``a op b`` (a, b uniform in [0, max_operand], op uniform in ``operations``),
     drawn from ``default_rng([seed, split index])``; answer = str(a op b), meta = {a, b, op}."""
     stream = _check_split(split)
-    if not isinstance(num_examples, int) or num_examples < 1:
-        raise ValueError(f"num_examples: expected an int >= 1, got {num_examples!r}")
-    if not isinstance(max_operand, int) or max_operand < 1:
-        raise ValueError(f"max_operand: expected an int >= 1, got {max_operand!r}")
+    check_positive_int("num_examples", num_examples)
+    check_positive_int("max_operand", max_operand)
     ops = [operations] if isinstance(operations, str) else list(operations)
     unknown = [op for op in ops if op not in OPERATIONS]
     if not ops or unknown:
-        raise ValueError(f"operations: expected a non-empty list from {sorted(OPERATIONS)}, got {operations!r}")
+        raise ValueError(f"operations: expected a non-empty list from {sorted(OPERATIONS)}, received {operations!r}")
     rng = np.random.default_rng([seed, stream])
     operands = rng.integers(0, max_operand + 1, size=(num_examples, 2))  # [N, 2]
     choices = rng.integers(0, len(ops), size=num_examples)  # [N]
@@ -100,43 +86,3 @@ def arithmetic_records(
         prompt = ARITHMETIC_PROMPT.format(a=a, b=b, op=op, example=OPERATIONS[op](2, 3))
         records.append(PromptRecord(prompt=prompt, answer=str(OPERATIONS[op](a, b)), meta={"a": a, "b": b, "op": op}))
     return records
-
-
-def digit_vqa_reward() -> RewardFunction:
-    """1 if the stripped completion is exactly the digit."""
-    return ExactMatchReward()
-
-
-def arithmetic_reward() -> WeightedSumReward:
-    """0.5 * [the completion is just "a op b = c"] + 1.0 * [its last number equals the answer]; max 1.5."""
-    fmt = FormatReward(EQUATION_PATTERN, name="format", full_match=True)
-    return WeightedSumReward([fmt, NumericMatchReward(name="correct")], weights=[0.5, 1.0])
-
-
-@dataclass(frozen=True)
-class PromptTask:
-    """A named task: ``build(split, **kwargs) -> list[PromptRecord]`` and its recommended ``reward()``."""
-
-    build: Callable[..., list[PromptRecord]]
-    reward: Callable[[], RewardFunction]
-
-    def records(self, split: str, **kwargs: Any) -> list[PromptRecord]:
-        """``build(split, **kwargs)``; ValueError naming the accepted keywords for an unknown one."""
-        accepted = [p for p in inspect.signature(self.build).parameters if p != "split"]
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise ValueError(f"task_kwargs: {self.build.__name__} accepts {accepted}, got unknown {unknown}")
-        return self.build(split, **kwargs)
-
-
-TASKS: dict[str, PromptTask] = {
-    "digit_vqa": PromptTask(digit_vqa_records, digit_vqa_reward),
-    "arithmetic": PromptTask(arithmetic_records, arithmetic_reward),
-}
-
-
-def get_task(name: str) -> PromptTask:
-    """The task registered as ``name``; ValueError listing the known names otherwise."""
-    if name not in TASKS:
-        raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
-    return TASKS[name]

@@ -45,10 +45,10 @@ class ImageQABatch:
 def collate_image_qa(samples: Sequence[ImageQASample]) -> ImageQABatch:
     """Stack B samples into an ``ImageQABatch``."""
     if len(samples) == 0:
-        raise ValueError("collate_image_qa: expected at least one sample, got an empty list")
+        raise ValueError("collate_image_qa: expected at least one sample, received an empty list")
     shapes = {tuple(s.pixel_values.shape) for s in samples}
     if len(shapes) != 1:
-        raise ValueError(f"collate_image_qa: all images must share one shape, got {sorted(shapes)}")
+        raise ValueError(f"collate_image_qa: all images must share one shape, received {sorted(shapes)}")
     return ImageQABatch(
         pixel_values=torch.stack([s.pixel_values for s in samples]),  # [B, 3, H, W]
         questions=[s.question for s in samples],

@@ -9,7 +9,7 @@ import torch
 
 def _check_p(p: float) -> float:
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"p: expected a word-drop probability in [0, 1), got {p!r}")
+        raise ValueError(f"p: expected a word-drop probability in [0, 1), received {p!r}")
     return float(p)
 
 

@@ -37,7 +37,12 @@ from prismrl.data.digits import (
     stratified_split,
     write_digit_parquet,
 )
-from prismrl.data.spoken_digits import clip_bytes, clips_by_digit, spoken_digit_clips, spoken_digit_voices
+from prismrl.data.spoken_digits import (
+    clip_bytes,
+    clips_by_digit,
+    spoken_digit_clips,
+    spoken_digit_voices,
+)
 
 TRIMODAL_DIGITS_VERSION = 1
 TRAIN_SHARDS = 4

@@ -10,7 +10,13 @@ from torch.utils.data import DataLoader
 
 from prismrl.data.digit_qa import QUESTION_TYPES, ensure_digit_qa
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
-from prismrl.data.loaders import ResumableDataLoader, ResumableSampler, resolve_rank_world
+from prismrl.choices import check_positive_int
+from prismrl.data.loaders import (
+    LoaderSettings,
+    ResumableDataLoader,
+    ResumableSampler,
+    resolve_rank_world,
+)
 from prismrl.data.qa import ParquetImageQADataset, collate_image_qa
 from prismrl.datamodules.delegating import DelegatingDataModule
 from prismrl.datamodules.parquet import ParquetRowGroupDataset
@@ -21,6 +27,7 @@ class ParquetQADataModule(LightningDataModule):
 
     Training uses ``ResumableDataLoader`` (row-group-local shuffling, exact mid-epoch resume, rank-aware);
     validation is sequential and sharded by rank. ``question_type_column`` / ``label_column`` are read when set.
+    ``loader``: batch sizes, workers, pinned memory.
     """
 
     def __init__(
@@ -32,8 +39,7 @@ class ParquetQADataModule(LightningDataModule):
         answer_column: str = "answer",
         question_type_column: str | None = None,
         label_column: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=32),
         image_size: int = 224,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
@@ -41,14 +47,11 @@ class ParquetQADataModule(LightningDataModule):
         row_group_window: int = 4,
     ) -> None:
         super().__init__()
-        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                 ("row_group_window", row_group_window, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, received {value!r}")
+        check_positive_int("row_group_window", row_group_window)
         self.paths = {"train_path": Path(train_path), "val_path": Path(val_path)}
         self.columns = {"image_column": image_column, "question_column": question_column, "answer_column": answer_column,
                         "question_type_column": question_type_column, "label_column": label_column}
-        self.batch_size, self.num_workers, self.seed, self.row_group_window = batch_size, num_workers, seed, row_group_window
+        self.loader, self.seed, self.row_group_window = loader, seed, row_group_window
         self.transform = ImageTransform(image_size, image_mean, image_std)
         self.train_dataset: ParquetImageQADataset | None = None
         self.val_dataset: ParquetImageQADataset | None = None
@@ -68,40 +71,40 @@ class ParquetQADataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
             self.train_dataset, self.val_dataset = self._dataset("train_path"), self._dataset("val_path")
-            if self.batch_size > len(self.train_dataset):
-                raise ValueError(f"batch_size: {self.batch_size} is larger than the training set "
+            if self.loader.batch_size > len(self.train_dataset):
+                raise ValueError(f"loader.batch_size: {self.loader.batch_size} is larger than the training set "
                                  f"({len(self.train_dataset)} rows); no full batch would be drawn")
 
     def train_dataloader(self) -> ResumableDataLoader:
         self.setup("fit")
         rank, world = resolve_rank_world(self.trainer)
         return ResumableDataLoader(
-            self.train_dataset, self.batch_size, shuffle=True, seed=self.seed, drop_last=True, num_replicas=world,
-            rank=rank, block_sizes=self.train_dataset.rows.block_sizes(), blocks_per_window=self.row_group_window,
-            num_workers=self.num_workers, collate_fn=collate_image_qa,
+            self.train_dataset, self.loader.batch_size, shuffle=True, seed=self.seed, drop_last=True,
+            num_replicas=world, rank=rank, block_sizes=self.train_dataset.rows.block_sizes(),
+            blocks_per_window=self.row_group_window, collate_fn=collate_image_qa, **self.loader.worker_kwargs(),
         )
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
         rank, world = resolve_rank_world(self.trainer)
         sampler = ResumableSampler(self.val_dataset, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(self.val_dataset, self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_image_qa)
+        return DataLoader(self.val_dataset, self.loader.eval_batch_size, sampler=sampler, collate_fn=collate_image_qa,
+                          **self.loader.worker_kwargs())
 
 
 class DigitQADataModule(DelegatingDataModule):
     """The digit QA set (``prismrl.data.digit_qa``): 32x32 digit images with digit / parity / size questions.
 
     ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetQADataModule`` over its files
-    (question_type and label columns included, for per-type metrics).
+    (question_type and label columns included, for per-type metrics). ``question_types`` is known right after
+    ``__init__`` (the CLI links it to the model's ``question_types``).
     """
 
     def __init__(
         self,
         root: str | None = None,
         question_types: list[str] | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=32),
         image_size: int = 32,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
@@ -112,10 +115,10 @@ class DigitQADataModule(DelegatingDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.root = root
-        self.question_types = tuple(question_types or QUESTION_TYPES)
-        self.build_args = dict(question_types=self.question_types, val_fraction=val_fraction, seed=data_seed)
-        self.loader_settings = dict(batch_size=batch_size, num_workers=num_workers, image_size=image_size,
-                                    image_mean=tuple(image_mean), image_std=tuple(image_std), seed=seed)
+        self.question_types = list(question_types or QUESTION_TYPES)
+        self.build_args = dict(question_types=tuple(self.question_types), val_fraction=val_fraction, seed=data_seed)
+        self.inner_args = dict(loader=loader, image_size=image_size, image_mean=tuple(image_mean),
+                               image_std=tuple(image_std), seed=seed)
         self.inner: ParquetQADataModule | None = None
 
     def prepare_data(self) -> None:
@@ -124,4 +127,4 @@ class DigitQADataModule(DelegatingDataModule):
     def _build_inner(self) -> ParquetQADataModule:
         files = ensure_digit_qa(self.root, **self.build_args)
         return ParquetQADataModule(str(files.train_parquet), str(files.val_parquet), question_type_column="question_type",
-                                   label_column="label", **self.loader_settings)
+                                   label_column="label", **self.inner_args)

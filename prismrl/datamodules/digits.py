@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prismrl.data.digits import DIGIT_NAMES, ZERO_SHOT_TEMPLATES, ensure_digits_dataset
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.delegating import DelegatingDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.webdataset import WebDataModule
@@ -17,15 +18,15 @@ class DigitsDataModule(DelegatingDataModule):
     ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetDataModule``
     (``format="parquet"``: image/caption/label columns) or a ``WebDataModule`` (``format="webdataset"``:
     png/txt/json:label keys; ``samples_per_epoch`` defaults to the train split size).
-    ``class_names`` and ``zero_shot_templates`` are available right after ``__init__``.
+    ``class_names`` and ``zero_shot_templates`` are available right after ``__init__`` (the CLI links them to the
+    model's arguments of the same names). ``loader``: batch sizes, workers, pinned memory.
     """
 
     def __init__(
         self,
         format: str = "parquet",
         root: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=64),
         image_size: int = 64,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
@@ -37,7 +38,7 @@ class DigitsDataModule(DelegatingDataModule):
         if format not in FORMATS:
             raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
         self.format, self.root = format, root
-        self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
+        self.loader, self.image_size = loader, image_size
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.seed, self.samples_per_epoch = seed, samples_per_epoch
         self.inner: ParquetDataModule | WebDataModule | None = None
@@ -55,8 +56,8 @@ class DigitsDataModule(DelegatingDataModule):
 
     def _build_inner(self) -> ParquetDataModule | WebDataModule:
         files = ensure_digits_dataset(self.root)
-        common = dict(class_names=self.class_names, batch_size=self.batch_size, num_workers=self.num_workers,
-                      image_size=self.image_size, image_mean=self.image_mean, image_std=self.image_std, seed=self.seed)
+        common = dict(class_names=self.class_names, loader=self.loader, image_size=self.image_size,
+                      image_mean=self.image_mean, image_std=self.image_std, seed=self.seed)
         if self.format == "parquet":
             return ParquetDataModule(train_path=str(files.train_parquet), val_path=str(files.val_parquet),
                                      image_column="image", caption_column="caption", label_column="label", **common)

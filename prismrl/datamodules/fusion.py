@@ -5,6 +5,7 @@ from __future__ import annotations
 from prismrl.data.digits import DIGIT_NAMES
 from prismrl.data.fusion_digits import FusionDigitsConfig, ensure_fusion_digits
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.delegating import DelegatingDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 
@@ -16,14 +17,14 @@ class FusionDigitsDataModule(DelegatingDataModule):
     fields); ``setup`` delegates to a ``ParquetDataModule`` over its train/val files (columns image,
     caption, label), so batches are ``ImageTextBatch``es and mid-epoch resume is exact.
     ``logged_feedback=True`` also reads the logged_reward / logged_action columns (a uniform logging
-    policy's actions and their rewards) into ``batch.rewards`` / ``batch.actions``.
+    policy's actions and their rewards) into ``batch.rewards`` / ``batch.actions``. ``loader``: batch sizes,
+    workers, pinned memory.
     """
 
     def __init__(
         self,
         root: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=64),
         image_size: int = 64,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
@@ -40,8 +41,8 @@ class FusionDigitsDataModule(DelegatingDataModule):
         self.save_hyperparameters()
         self.root = root
         self.config = FusionDigitsConfig(noise_std, occlusion_size, set_hint_probability, set_size, val_fraction, data_seed)
-        self.loader_settings = dict(batch_size=batch_size, num_workers=num_workers, image_size=image_size,
-                                    image_mean=tuple(image_mean), image_std=tuple(image_std), seed=seed)
+        self.inner_args = dict(loader=loader, image_size=image_size, image_mean=tuple(image_mean),
+                               image_std=tuple(image_std), seed=seed)
         self.logged_columns = dict(reward_column="logged_reward", action_column="logged_action") if logged_feedback else {}
         self.inner: ParquetDataModule | None = None
 
@@ -57,5 +58,5 @@ class FusionDigitsDataModule(DelegatingDataModule):
         return ParquetDataModule(
             train_path=str(files.train_parquet), val_path=str(files.val_parquet), image_column="image",
             caption_column="caption", label_column="label", class_names=self.class_names, **self.logged_columns,
-            **self.loader_settings,
+            **self.inner_args,
         )

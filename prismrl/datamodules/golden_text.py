@@ -17,8 +17,14 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 
-from prismrl.data.golden_text import GoldenTextSet, load_golden_texts, read_labelled_lines, split_golden
-from prismrl.data.loaders import ResumableDataLoader, resolve_rank_world
+from prismrl.data.golden_text import (
+    GoldenTextSet,
+    load_golden_texts,
+    read_labelled_lines,
+    split_golden,
+)
+from prismrl.choices import check_positive_int
+from prismrl.data.loaders import LoaderSettings, ResumableDataLoader, resolve_rank_world
 
 
 class GenerationRequests(Dataset):
@@ -54,7 +60,8 @@ class GoldenTextDataModule(LightningDataModule):
         golden: a built-in golden set name (``prismrl.data.golden_text.GOLDEN_SETS``), unused with ``golden_file``.
         golden_file: your own fastText-format file (``__label__<name> <text>`` per line).
         val_fraction, test_fraction, split_seed: the stratified split.
-        rollout_batch_size: generation requests per PPO iteration (training batch size).
+        loader: ``loader.batch_size`` = generation requests per PPO iteration (the training batch size);
+            workers and pinned memory as for every DataModule.
         iterations_per_epoch: PPO iterations per epoch.
     """
 
@@ -65,14 +72,13 @@ class GoldenTextDataModule(LightningDataModule):
         val_fraction: float = 0.25,
         test_fraction: float = 0.25,
         split_seed: int = 0,
-        rollout_batch_size: int = 8,
+        loader: LoaderSettings = LoaderSettings(batch_size=8),
         iterations_per_epoch: int = 8,
     ) -> None:
         super().__init__()
-        for name, value in (("rollout_batch_size", rollout_batch_size), ("iterations_per_epoch", iterations_per_epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, received {value!r}")
+        check_positive_int("iterations_per_epoch", iterations_per_epoch)
         self.save_hyperparameters()
+        self.loader = loader
         self.train_set: GoldenTextSet | None = None
         self.val_set: GoldenTextSet | None = None
         self.test_set: GoldenTextSet | None = None
@@ -103,12 +109,12 @@ class GoldenTextDataModule(LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         self.setup("fit")
         hp = self.hparams
-        size = hp.rollout_batch_size * hp.iterations_per_epoch
+        size = self.loader.batch_size * hp.iterations_per_epoch
         rank, world = resolve_rank_world(self.trainer)
         collate = RequestCollator(size)
         loader = ResumableDataLoader(
-            GenerationRequests(size, self.train_set.num_classes), batch_size=hp.rollout_batch_size, shuffle=False,
-            drop_last=True, num_replicas=world, rank=rank, collate_fn=collate,
+            GenerationRequests(size, self.train_set.num_classes), batch_size=self.loader.batch_size, shuffle=False,
+            drop_last=True, num_replicas=world, rank=rank, collate_fn=collate, **self.loader.worker_kwargs(),
         )
         collate.sampler = loader.sampler
         return loader

@@ -26,10 +26,21 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from prismrl.choices import check_positive_int
 from prismrl.data.audio import decode_wav
 from prismrl.data.collate import ImageTextSample, collate_image_text
-from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, decode_image
-from prismrl.data.loaders import ResumableDataLoader, ResumableSampler, resolve_rank_world
+from prismrl.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    decode_image,
+)
+from prismrl.data.loaders import (
+    LoaderSettings,
+    ResumableDataLoader,
+    ResumableSampler,
+    resolve_rank_world,
+)
 
 
 class ParquetRowGroupDataset(Dataset):
@@ -230,7 +241,7 @@ class ParquetDataModule(LightningDataModule):
     Training uses ``ResumableDataLoader`` (exact mid-epoch resume; rank-aware via the trainer, so it
     works with or without ``use_distributed_sampler``); validation is sequential and sharded by rank like
     ``DistributedSampler`` (padded by wrapping around). Without ``val_path``, a ``val_fraction`` of the
-    train file's rows (drawn with ``seed``) is held out.
+    train file's rows (drawn with ``seed``) is held out. ``loader``: batch sizes, workers, pinned memory.
     """
 
     def __init__(
@@ -247,8 +258,7 @@ class ParquetDataModule(LightningDataModule):
         optional_captions: bool = False,
         reward_column: str | None = None,
         action_column: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=32),
         image_size: int = 224,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
@@ -265,18 +275,14 @@ class ParquetDataModule(LightningDataModule):
             )
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected a value in (0, 1) when val_path is None, got {val_fraction}")
-        for name, value, low in (
-            ("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("row_group_window", row_group_window, 1)
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        check_positive_int("row_group_window", row_group_window)
         self.train_path, self.val_path = Path(train_path), Path(val_path) if val_path is not None else None
         self.val_fraction, self.seed, self.drop_last = val_fraction, seed, drop_last
         self.image_column, self.image_path_column = image_column, image_path_column
         self.caption_column, self.label_column = caption_column, label_column
         self.audio_column, self.optional_captions = audio_column, optional_captions
         self.reward_column, self.action_column = reward_column, action_column
-        self.batch_size, self.num_workers, self.row_group_window = batch_size, num_workers, row_group_window
+        self.loader, self.row_group_window = loader, row_group_window
         self._class_names = list(class_names) if class_names is not None else None
         self._class_names_read = class_names is not None or label_column is None
         self.transform = ImageTransform(image_size, image_mean, image_std)
@@ -318,10 +324,10 @@ class ParquetDataModule(LightningDataModule):
             train_rows, val_rows = split_rows(num_rows, self.val_fraction, self.seed)
             self.train_dataset = self._dataset(self.train_path, train_rows)
             self.val_dataset = self._dataset(self.train_path, val_rows)
-        if self.drop_last and self.batch_size > len(self.train_dataset):
+        if self.drop_last and self.loader.batch_size > len(self.train_dataset):
             raise ValueError(
-                f"batch_size: {self.batch_size} is larger than the training set ({len(self.train_dataset)} rows) "
-                "and drop_last=True would yield no batch"
+                f"loader.batch_size: {self.loader.batch_size} is larger than the training set "
+                f"({len(self.train_dataset)} rows) and drop_last=True would yield no batch"
             )
 
     def train_dataloader(self) -> ResumableDataLoader:
@@ -329,13 +335,13 @@ class ParquetDataModule(LightningDataModule):
             self.setup("fit")
         rank, world = resolve_rank_world(self.trainer)
         loader = ResumableDataLoader(
-            self.train_dataset, self.batch_size, shuffle=True, seed=self.seed, drop_last=self.drop_last,
+            self.train_dataset, self.loader.batch_size, shuffle=True, seed=self.seed, drop_last=self.drop_last,
             num_replicas=world, rank=rank, block_sizes=self.train_dataset.rows.block_sizes(),
-            blocks_per_window=self.row_group_window, num_workers=self.num_workers, collate_fn=collate_image_text,
+            blocks_per_window=self.row_group_window, collate_fn=collate_image_text, **self.loader.worker_kwargs(),
         )
         if len(loader) == 0:
             raise ValueError(
-                f"batch_size: {self.batch_size} is larger than this rank's share of the training set "
+                f"loader.batch_size: {self.loader.batch_size} is larger than this rank's share of the training set "
                 f"({loader.sampler.num_samples} of {len(self.train_dataset)} rows over {world} ranks)"
             )
         return loader
@@ -345,5 +351,5 @@ class ParquetDataModule(LightningDataModule):
             self.setup("validate")
         rank, world = resolve_rank_world(self.trainer)
         sampler = ResumableSampler(self.val_dataset, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(self.val_dataset, self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_image_text)
+        return DataLoader(self.val_dataset, self.loader.eval_batch_size, sampler=sampler, collate_fn=collate_image_text,
+                          **self.loader.worker_kwargs())

@@ -1,4 +1,4 @@
-"""Prompt batches for GRPO: a built-in task (``prismrl.data.prompt_tasks``) or a user Parquet file.
+"""Prompt batches for GRPO: a built-in task (``prismrl.rewards.tasks``) or a user Parquet file.
 
 A batch is a plain ``list[PromptRecord]`` (prompt, images, reference answer): the stage module renders it
 with its adapter, samples completions and scores them. Training order comes from ``ResumableDataLoader``
@@ -22,10 +22,17 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from prismrl.data.images import decode_image, to_rgb
-from prismrl.data.loaders import ResumableDataLoader, ResumableSampler, resolve_rank_world
-from prismrl.data.prompt_tasks import get_task
+from prismrl.choices import check_positive_int
+from prismrl.data.loaders import (
+    LoaderSettings,
+    ResumableDataLoader,
+    ResumableSampler,
+    resolve_rank_world,
+)
+from prismrl.data.records import PromptRecord
 from prismrl.datamodules.parquet import ParquetRowGroupDataset, split_rows
-from prismrl.rl.rewards import ExactMatchReward, PromptRecord, RewardFunction
+from prismrl.rewards.functions import ExactMatchReward, RewardFunction
+from prismrl.rewards.tasks import get_task
 
 PROMPT_COLUMN, ANSWER_COLUMN, IMAGE_COLUMN = "prompt", "answer", "image"
 ROW_GROUP_WINDOW = 4  # training mixes prompts inside windows of this many row groups (read once per epoch)
@@ -118,12 +125,13 @@ class PromptDataModule(LightningDataModule):
     """Batches of ``list[PromptRecord]`` from a built-in task or a Parquet file.
 
     Args:
-        task: a name in ``prismrl.data.prompt_tasks.TASKS`` ("digit_vqa", "arithmetic"); not used when
+        task: a name in ``prismrl.rewards.tasks.TASKS`` ("digit_vqa", "arithmetic"); not used when
             ``records_path`` is set.
         task_kwargs: keyword arguments of the task's builder (e.g. ``image_size``, ``num_examples``).
         records_path / val_records_path: Parquet files with prompt, answer (, image) columns; without
             ``val_records_path`` a ``val_fraction`` of ``records_path``'s rows (drawn with ``seed``) is held out.
-        batch_size / val_batch_size: prompts per batch (``val_batch_size`` defaults to ``batch_size``).
+        loader: prompts per training / validation batch (``loader.val_batch_size`` defaults to
+            ``loader.batch_size``), workers, pinned memory.
         seed: the training order (a fresh permutation per epoch).
         max_train_prompts / max_val_prompts: keep only the first k prompts of a split.
     """
@@ -132,9 +140,7 @@ class PromptDataModule(LightningDataModule):
         self,
         task: str = "digit_vqa",
         task_kwargs: dict[str, Any] | None = None,
-        batch_size: int = 4,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=4),
         seed: int = 0,
         max_train_prompts: int | None = None,
         max_val_prompts: int | None = None,
@@ -144,14 +150,9 @@ class PromptDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for name, value, low, optional in (
-            ("batch_size", batch_size, 1, False), ("val_batch_size", val_batch_size, 1, True),
-            ("num_workers", num_workers, 0, False), ("max_train_prompts", max_train_prompts, 1, True),
-            ("max_val_prompts", max_val_prompts, 1, True),
-        ):
-            if not (optional and value is None) and (not isinstance(value, int) or value < low):
-                expected = f"an int >= {low}" + (" or None" if optional else "")
-                raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        for name, value in (("max_train_prompts", max_train_prompts), ("max_val_prompts", max_val_prompts)):
+            if value is not None:
+                check_positive_int(name, value)
         if records_path is None:
             get_task(task)
             if val_records_path is not None:
@@ -163,8 +164,7 @@ class PromptDataModule(LightningDataModule):
                 f"val_fraction: expected a value in (0, 1) when val_records_path is None, got {val_fraction}"
             )
         self.task, self.task_kwargs = task, dict(task_kwargs or {})
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.loader, self.seed = loader, seed
         self.limits = {"train": max_train_prompts, "val": max_val_prompts}
         self.records_path = Path(records_path) if records_path is not None else None
         self.val_records_path = Path(val_records_path) if val_records_path is not None else None
@@ -203,9 +203,9 @@ class PromptDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             train = self.dataset("train")
-            if self.batch_size > len(train):
+            if self.loader.batch_size > len(train):
                 raise ValueError(
-                    f"batch_size: {self.batch_size} is larger than the training set ({len(train)} prompts)"
+                    f"loader.batch_size: {self.loader.batch_size} is larger than the training set ({len(train)} prompts)"
                 )
         self.dataset("val")
 
@@ -214,12 +214,13 @@ class PromptDataModule(LightningDataModule):
         dataset = self.dataset("train")
         rank, world = resolve_rank_world(self._trainer_or_none())
         loader = ResumableDataLoader(
-            dataset, self.batch_size, shuffle=True, seed=self.seed, drop_last=True, num_replicas=world, rank=rank,
-            block_sizes=dataset.block_sizes(), blocks_per_window=ROW_GROUP_WINDOW, num_workers=self.num_workers,
-            collate_fn=collate_prompt_records,
+            dataset, self.loader.batch_size, shuffle=True, seed=self.seed, drop_last=True, num_replicas=world,
+            rank=rank, block_sizes=dataset.block_sizes(), blocks_per_window=ROW_GROUP_WINDOW,
+            collate_fn=collate_prompt_records, **self.loader.worker_kwargs(),
         )
         if len(loader) == 0:
-            raise ValueError(f"batch_size: {self.batch_size} is larger than this rank's share of the training set "
+            raise ValueError(f"loader.batch_size: {self.loader.batch_size} is larger than this rank's share of the "
+                             f"training set "
                              f"({loader.sampler.num_samples} of {len(dataset)} prompts over {world} ranks)")
         return loader
 
@@ -227,8 +228,8 @@ class PromptDataModule(LightningDataModule):
         dataset = self.dataset("val")
         rank, world = resolve_rank_world(self._trainer_or_none())
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(dataset, self.val_batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_prompt_records)
+        return DataLoader(dataset, self.loader.eval_batch_size, sampler=sampler, collate_fn=collate_prompt_records,
+                          **self.loader.worker_kwargs())
 
     def _trainer_or_none(self) -> Any | None:
         return self.trainer if getattr(self, "trainer", None) is not None else None

@@ -22,14 +22,20 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from prismrl.backbones.answer_masking import IGNORE_INDEX
+from prismrl.backbones.masked_lm import load_domain_tokenizer, validate_domain_tokens
+from prismrl.choices import check_positive_int
 from prismrl.data.domain_corpus import (
     ensure_domain_corpus,
-    load_domain_tokenizer,
     read_lines,
-    validate_domain_tokens,
     with_domain_prefix,
 )
-from prismrl.data.loaders import ResumableDataLoader, ResumableSampler, resolve_rank_world
+from prismrl.data.loaders import (
+    LoaderSettings,
+    ResumableDataLoader,
+    ResumableSampler,
+    resolve_rank_world,
+)
 
 SPLIT_STREAMS = {"train": 0, "val": 1}
 
@@ -101,7 +107,7 @@ class SeededMLMCollator:
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(inputs), length), self.pad_id, dtype=torch.long)  # [B, T]
-        labels = torch.full((len(inputs), length), -100, dtype=torch.long)  # [B, T]
+        labels = torch.full((len(inputs), length), IGNORE_INDEX, dtype=torch.long)  # [B, T]
         attention_mask = torch.zeros((len(inputs), length), dtype=torch.long)  # [B, T]
         for row, (ids, target) in enumerate(zip(inputs, targets)):
             input_ids[row, : len(ids)] = ids
@@ -121,6 +127,7 @@ class TextCorpusDataModule(LightningDataModule):
         root: cache root for built-in corpora (default ``$PRISMRL_CACHE``).
         passage_words, val_fraction: how the built-in corpus is cut and split.
         max_length: tokens per text after truncation (incl. special and domain tokens).
+        loader: texts per training / validation batch, workers, pinned memory.
         mlm_probability, mask_replace_prob, random_replace_prob: the 15% / 80-10-10 masking rule.
         seed: the data order and the masks.
     """
@@ -137,12 +144,11 @@ class TextCorpusDataModule(LightningDataModule):
         passage_words: int = 64,
         val_fraction: float = 0.1,
         max_length: int = 128,
-        batch_size: int = 32,
+        loader: LoaderSettings = LoaderSettings(batch_size=32),
         mlm_probability: float = 0.15,
         mask_replace_prob: float = 0.8,
         random_replace_prob: float = 0.1,
         pad_to_multiple_of: int | None = None,
-        num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -156,10 +162,9 @@ class TextCorpusDataModule(LightningDataModule):
             raise ValueError(f"val_path: expected it together with train_path, received train_path={train_path!r}, val_path={val_path!r}")
         if max_length < len(self.domain_tokens) + 3:
             raise ValueError(f"max_length: expected >= {len(self.domain_tokens) + 3} (special + domain tokens + 1), received {max_length}")
-        if batch_size < 1 or seed < 0:
-            raise ValueError(f"batch_size / seed: expected >= 1 / >= 0, received {batch_size} / {seed}")
+        check_positive_int("seed", seed, minimum=0)
         self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.max_length, self.batch_size, self.num_workers, self.seed = max_length, batch_size, num_workers, seed
+        self.max_length, self.loader, self.seed = max_length, loader, seed
         self.masking = dict(mlm_probability=mlm_probability, mask_replace_prob=mask_replace_prob,
                             random_replace_prob=random_replace_prob, pad_to_multiple_of=pad_to_multiple_of)
         self._tokenizer: Any | None = None
@@ -206,18 +211,20 @@ class TextCorpusDataModule(LightningDataModule):
         dataset = self._dataset("train")
         rank, world = resolve_rank_world(self._trainer_or_none())
         collator = self._collator("train")
-        loader = ResumableDataLoader(dataset, self.batch_size, shuffle=True, seed=self.seed, drop_last=True,
-                                     num_replicas=world, rank=rank, num_workers=self.num_workers, collate_fn=collator)
+        loader = ResumableDataLoader(dataset, self.loader.batch_size, shuffle=True, seed=self.seed, drop_last=True,
+                                     num_replicas=world, rank=rank, collate_fn=collator, **self.loader.worker_kwargs())
         collator.sampler = loader.sampler
         if len(loader) == 0:
-            raise ValueError(f"batch_size: {self.batch_size} is larger than this rank's {loader.sampler.num_samples} training texts")
+            raise ValueError(f"loader.batch_size: {self.loader.batch_size} is larger than this rank's "
+                             f"{loader.sampler.num_samples} training texts")
         return loader
 
     def val_dataloader(self) -> DataLoader:
         dataset = self._dataset("val")
         rank, world = resolve_rank_world(self._trainer_or_none())
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(dataset, self.batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=self._collator("val"))
+        return DataLoader(dataset, self.loader.eval_batch_size, sampler=sampler, collate_fn=self._collator("val"),
+                          **self.loader.worker_kwargs())
 
     def _trainer_or_none(self) -> Any | None:
         return self.trainer if getattr(self, "trainer", None) is not None else None

@@ -4,7 +4,12 @@ WebDataset DataModules users run (their ``audio_column`` / ``audio_key`` and ``o
 from __future__ import annotations
 
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD
-from prismrl.data.trimodal_digits import DEFAULT_VAL_VOICES, TriModalDigitsConfig, ensure_trimodal_digits
+from prismrl.data.loaders import LoaderSettings
+from prismrl.data.trimodal_digits import (
+    DEFAULT_VAL_VOICES,
+    TriModalDigitsConfig,
+    ensure_trimodal_digits,
+)
 from prismrl.datamodules.digits import DigitsDataModule
 from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.webdataset import WebDataModule
@@ -23,8 +28,7 @@ class TriModalDigitsDataModule(DigitsDataModule):
         self,
         format: str = "parquet",
         root: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=64),
         image_size: int = 64,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
@@ -36,7 +40,7 @@ class TriModalDigitsDataModule(DigitsDataModule):
         val_fraction: float = 0.2,
         data_seed: int = 0,
     ) -> None:
-        super().__init__(format, root, batch_size, num_workers, image_size, image_mean, image_std, seed, samples_per_epoch)
+        super().__init__(format, root, loader, image_size, image_mean, image_std, seed, samples_per_epoch)
         self.config = TriModalDigitsConfig(missing_text_fraction, missing_audio_fraction,
                                            tuple(val_voices or DEFAULT_VAL_VOICES), val_fraction, data_seed)
 
@@ -45,9 +49,8 @@ class TriModalDigitsDataModule(DigitsDataModule):
 
     def _build_inner(self) -> ParquetDataModule | WebDataModule:
         files = ensure_trimodal_digits(self.root, self.config)
-        common = dict(class_names=self.class_names, optional_captions=True, batch_size=self.batch_size,
-                      num_workers=self.num_workers, image_size=self.image_size, image_mean=self.image_mean,
-                      image_std=self.image_std, seed=self.seed)
+        common = dict(class_names=self.class_names, optional_captions=True, loader=self.loader,
+                      image_size=self.image_size, image_mean=self.image_mean, image_std=self.image_std, seed=self.seed)
         if self.format == "parquet":
             return ParquetDataModule(train_path=str(files.train_parquet), val_path=str(files.val_parquet),
                                      image_column="image", caption_column="caption", label_column="label",

@@ -29,8 +29,14 @@ from torch.utils.data import DataLoader
 
 from prismrl.data.audio import decode_wav
 from prismrl.data.collate import ImageTextSample, collate_image_text
-from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, decode_image
-from prismrl.data.loaders import resolve_rank_world
+from prismrl.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    decode_image,
+)
+from prismrl.choices import check_positive_int
+from prismrl.data.loaders import LoaderSettings, resolve_rank_world
 
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://")
 
@@ -159,12 +165,12 @@ class EpochLoader(DataLoader):
 
     Before each iteration it sets the epoch on the pipeline's ``EpochShuffle`` stages (workers are
     created afterwards, so they receive it): ``epoch_fn()`` when given (the trainer's ``current_epoch``),
-    else the number of earlier iterations.
+    else the number of earlier iterations. ``loader_kwargs`` go to ``DataLoader`` (num_workers, pin_memory).
     """
 
-    def __init__(self, dataset: wds.DataPipeline, num_batches: int, num_workers: int = 0,
-                 epoch_fn: Callable[[], int] | None = None) -> None:
-        super().__init__(dataset, batch_size=None, num_workers=num_workers)
+    def __init__(self, dataset: wds.DataPipeline, num_batches: int, epoch_fn: Callable[[], int] | None = None,
+                 **loader_kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **loader_kwargs)
         self.num_batches, self.epoch_fn, self.iterations = num_batches, epoch_fn, 0
 
     def __len__(self) -> int:
@@ -184,8 +190,9 @@ class WebDataModule(LightningDataModule):
 
     ``caption_key`` / ``label_key`` name a file extension (``"txt"``) or a field of a JSON member
     (``"json:label"``); ``audio_key`` names an optional WAV member (``"wav"``), and with
-    ``optional_captions`` samples may lack the caption member. ``samples_per_epoch`` is required for training: each rank yields
-    ``samples_per_epoch // (world_size * batch_size)`` batches per epoch.
+    ``optional_captions`` samples may lack the caption member. ``samples_per_epoch`` is required for training: each
+    rank yields ``samples_per_epoch // (world_size * loader.batch_size)`` batches per epoch. ``loader``: batch
+    sizes, workers, pinned memory.
     """
 
     def __init__(
@@ -198,8 +205,7 @@ class WebDataModule(LightningDataModule):
         class_names: list[str] | None = None,
         audio_key: str | None = None,
         optional_captions: bool = False,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=32),
         shuffle_buffer: int = 1000,
         samples_per_epoch: int | None = None,
         image_size: int = 224,
@@ -209,14 +215,11 @@ class WebDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        limits = (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("shuffle_buffer", shuffle_buffer, 0))
-        for name, value, low in limits:
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-        if samples_per_epoch is not None and (not isinstance(samples_per_epoch, int) or samples_per_epoch < 1):
-            raise ValueError(f"samples_per_epoch: expected a positive int or None, got {samples_per_epoch!r}")
+        check_positive_int("shuffle_buffer", shuffle_buffer, minimum=0)
+        if samples_per_epoch is not None:
+            check_positive_int("samples_per_epoch", samples_per_epoch)
         self.train_spec, self.val_spec = train_shards, val_shards
-        self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
+        self.loader, self.shuffle_buffer = loader, shuffle_buffer
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self._class_names = list(class_names) if class_names is not None else None
         self.transform = ImageTransform(image_size, image_mean, image_std)
@@ -238,13 +241,14 @@ class WebDataModule(LightningDataModule):
             self.val_urls = expand_shards(self.val_spec, "val_shards")
 
     def batches_per_epoch(self, world_size: int) -> int:
-        """``samples_per_epoch // (world_size * batch_size)`` batches on every rank."""
+        """``samples_per_epoch // (world_size * loader.batch_size)`` batches on every rank."""
         if self.samples_per_epoch is None:
             raise ValueError("samples_per_epoch: required for training on WebDataset shards (a fixed epoch length "
                              "keeps every rank at the same number of steps), got None")
-        batches = self.samples_per_epoch // (world_size * self.batch_size)
+        batches = self.samples_per_epoch // (world_size * self.loader.batch_size)
         if batches == 0:
-            raise ValueError(f"batch_size: {self.batch_size} x world_size {world_size} exceeds samples_per_epoch "
+            raise ValueError(f"loader.batch_size: {self.loader.batch_size} x world_size {world_size} exceeds "
+                             f"samples_per_epoch "
                              f"{self.samples_per_epoch}, which would give 0 batches per epoch")
         return batches
 
@@ -263,12 +267,13 @@ class WebDataModule(LightningDataModule):
         ]
         if self.shuffle_buffer > 1:
             stages.append(EpochShuffle(self.shuffle_buffer, seed=self.seed * 1_000_003 + rank + 1))
-        stages += [wds.map(self.decoder), wds.batched(self.batch_size, collation_fn=collate_image_text, partial=False)]
+        stages += [wds.map(self.decoder),
+                   wds.batched(self.loader.batch_size, collation_fn=collate_image_text, partial=False)]
         return wds.DataPipeline(*stages).repeat()
 
     def make_train_loader(self, rank: int, world_size: int, epoch_fn: Callable[[], int] | None = None) -> EpochLoader:
-        return EpochLoader(self.train_pipeline(rank, world_size), self.batches_per_epoch(world_size),
-                           self.num_workers, epoch_fn)
+        return EpochLoader(self.train_pipeline(rank, world_size), self.batches_per_epoch(world_size), epoch_fn,
+                           **self.loader.worker_kwargs())
 
     def make_val_loader(self, rank: int, world_size: int) -> DataLoader:
         self.setup("validate")
@@ -277,8 +282,9 @@ class WebDataModule(LightningDataModule):
         splitter = RankSplitter(rank, world_size) if len(self.val_urls) >= world_size else None
         dataset = wds.WebDataset(self.val_urls, shardshuffle=False, nodesplitter=splitter,
                                  workersplitter=wds.split_by_worker, empty_check=False)
-        dataset = dataset.map(self.decoder).batched(self.batch_size, collation_fn=collate_image_text, partial=True)
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
+        dataset = dataset.map(self.decoder).batched(self.loader.eval_batch_size, collation_fn=collate_image_text,
+                                                    partial=True)
+        return DataLoader(dataset, batch_size=None, **self.loader.worker_kwargs())
 
     def _current_epoch(self) -> int:
         return int(self.trainer.current_epoch)

@@ -8,7 +8,11 @@ from prismrl.evaluation.retrieval import (
     recall_at_k,
     zero_shot_accuracy,
 )
-from prismrl.evaluation.synthetic_quality import class_distances, pairwise_distances, silhouette_samples
+from prismrl.evaluation.synthetic_quality import (
+    class_distances,
+    pairwise_distances,
+    silhouette_samples,
+)
 
 __all__ = [
     "class_distances",

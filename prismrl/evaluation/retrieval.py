@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prismrl.choices import check_positive_int
+
 
 def _describe(x: object) -> str:
     return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
@@ -27,8 +29,7 @@ def _check_labels(name: str, labels: Tensor) -> None:
 
 def diagonal_positives(n: int) -> Tensor:
     """[n, n] bool identity: query i's only positive is gallery item i (paired data)."""
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n: expected a positive int, received {n!r}")
+    check_positive_int("n", n)
     return torch.eye(n, dtype=torch.bool)
 
 

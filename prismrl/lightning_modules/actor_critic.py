@@ -22,16 +22,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from prismrl.backbones.fusion import CrossModalFusion
-from prismrl.choices import parse_choice
-from prismrl.data.loaders import load_pending_dataloader_states
-from prismrl.lightning_modules.hparams import built_from_config
-from prismrl.optim import encoder_head_adamw
-from prismrl.rl.actor_critic import ActorCriticHead, ActorCriticOutput, actor_critic_losses, match_rewards, returns_from_rewards
+from prismrl.backbones.masked_lm import load_dap_encoder_into
+from prismrl.choices import check_positive_int, parse_choice
+from prismrl.lightning_modules.plumbing import StageModule, built_from_config
+from prismrl.optim import OptimizerSettings, encoder_head_adamw
+from prismrl.rl.actor_critic import (
+    ActorCriticHead,
+    ActorCriticOutput,
+    actor_critic_losses,
+    match_rewards,
+    returns_from_rewards,
+)
 
 
 class TrainingMode(str, Enum):
@@ -64,7 +69,7 @@ def _field(batch: Any, name: str) -> Any:
     return None if isinstance(value, Tensor) and value.numel() == 0 else value
 
 
-class ActorCriticModule(LightningModule):
+class ActorCriticModule(StageModule):
     """Text + vision encoders -> CrossModalFusion -> ActorCriticHead -> optional classifier (see module docstring).
 
     Args:
@@ -82,8 +87,8 @@ class ActorCriticModule(LightningModule):
         wrong_action_reward: default reward of a wrong action (0; e.g. -1 as a penalty).
         text_encoder_checkpoint: a DAP folder (``MaskedLMModule.export_encoder``) whose weights and tokenizer
             replace the text encoder's (model type, vocab and width must match).
-        lr, encoder_lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW (encoders in their own group at
-            ``encoder_lr``) + per-step warmup-cosine.
+        optimizer: AdamW (heads at ``lr``, encoders in their own groups at ``encoder_lr``; no decay on biases and
+            norms) + per-step warmup-cosine.
     """
 
     def __init__(
@@ -106,15 +111,11 @@ class ActorCriticModule(LightningModule):
         normalize_advantages: bool = True,
         wrong_action_reward: float = 0.0,
         text_encoder_checkpoint: str | None = None,
-        lr: float = 1e-3,
-        encoder_lr: float = 1e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.1,
-        min_lr_ratio: float = 0.0,
+        optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3, encoder_lr=1e-5, weight_decay=0.01, warmup_ratio=0.1),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["text_encoder", "vision_encoder"])
+        self.optimizer_settings = optimizer
         self.modalities = parse_choice(Modalities, modalities, "modalities")
         uses_text, uses_image = self.modalities != Modalities.IMAGE, self.modalities != Modalities.TEXT
         for name, encoder, needed in (("text_encoder", text_encoder, uses_text), ("vision_encoder", vision_encoder, uses_image)):
@@ -123,17 +124,17 @@ class ActorCriticModule(LightningModule):
                                 f"received {type(encoder).__name__}")
         if uses_text and not callable(getattr(text_encoder, "encode", None)):
             raise TypeError(f"text_encoder: expected a module with encode(list[str]), received {type(text_encoder).__name__}")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"num_classes: expected an int >= 2 or None, received {num_classes!r}")
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes, minimum=2)
         if num_actions is None and num_classes is None:
             raise ValueError("num_actions: expected an int >= 2 when num_classes is None, received None")
+        if num_actions is not None:
+            check_positive_int("num_actions", num_actions, minimum=2)
         self.text_encoder = text_encoder if uses_text else None
         self.vision_encoder = vision_encoder if uses_image else None
         if text_encoder_checkpoint is not None:
             if self.text_encoder is None:
                 raise ValueError("text_encoder_checkpoint: modalities='image' uses no text encoder to load it into")
-            from prismrl.lightning_modules.masked_lm import load_dap_encoder_into
-
             try:
                 load_dap_encoder_into(self.text_encoder, text_encoder_checkpoint)
             except (ValueError, TypeError, OSError) as err:
@@ -258,9 +259,6 @@ class ActorCriticModule(LightningModule):
         return total
 
     # ----- Lightning hooks -----
-    def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume despite estimated_stepping_batches
-
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
@@ -278,12 +276,10 @@ class ActorCriticModule(LightningModule):
         return result
 
     def configure_optimizers(self):
-        hp = self.hparams
         encoders = {id(p) for enc in (self.text_encoder, self.vision_encoder) if enc is not None for p in enc.parameters()}
         return encoder_head_adamw(
-            self.named_parameters(), encoders, lr=hp.lr, encoder_lr=hp.encoder_lr, weight_decay=hp.weight_decay,
-            betas=hp.betas, total_steps=int(self.trainer.estimated_stepping_batches), warmup_ratio=hp.warmup_ratio,
-            min_lr_ratio=hp.min_lr_ratio, no_decay_names=("bias", "norm"), owner="ActorCriticModule",
+            self.named_parameters(), encoders, self.optimizer_settings, int(self.trainer.estimated_stepping_batches),
+            no_decay_names=("bias", "norm"), owner="ActorCriticModule",
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -22,19 +22,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning import LightningModule
 from torch import nn
 
-from prismrl.data.audio import SAMPLING_RATE, unpad_waveforms
+from prismrl.choices import parse_choice
+from prismrl.data.audio import SAMPLING_RATE, to_mono_16k, unpad_waveforms
 from prismrl.data.batches import ImageTextBatch
-from prismrl.data.loaders import load_pending_dataloader_states
 from prismrl.data.text_dropout import apply_text_dropout
-from prismrl.evaluation.retrieval import positives_from_labels, recall_at_k, zero_shot_accuracy
+from prismrl.evaluation.retrieval import (
+    positives_from_labels,
+    recall_at_k,
+    zero_shot_accuracy,
+)
+from prismrl.lightning_modules.plumbing import StageModule, built_from_config
 from prismrl.losses.contrastive import ContrastiveKind, build_contrastive_loss
-from prismrl.losses.matryoshka import MatryoshkaContrastiveLoss, validate_matryoshka_dims
+from prismrl.losses.matryoshka import (
+    MatryoshkaContrastiveLoss,
+    validate_matryoshka_dims,
+)
 from prismrl.losses.multimodal import Pair, multimodal_contrastive_loss, pair_name
-from prismrl.lightning_modules.hparams import built_from_config
-from prismrl.optim import encoder_head_adamw
+from prismrl.optim import OptimizerSettings, encoder_head_adamw
 
 RECALL_KS = (1, 5, 10)
 IMAGE_TEXT: Pair = ("image", "text")
@@ -42,7 +48,7 @@ AUDIO_PAIRS: tuple[Pair, ...] = (("audio", "text"), ("audio", "image"))
 _SHORT = {"image": "i", "text": "t", "audio": "a"}  # metric names: i2t, a2t, a2i, ...
 
 
-class AlignmentModule(LightningModule):
+class AlignmentModule(StageModule):
     """Aligns images, texts (and audio) in one embedding space with contrastive + Matryoshka losses.
 
     Args:
@@ -57,9 +63,8 @@ class AlignmentModule(LightningModule):
         full_dim_weight: weight of the full-dim contrastive loss.
         mrl_weight: weight of the Matryoshka term.
         text_dropout: probability of dropping each caption word during training.
-        lr, encoder_lr: learning rate of pooling/projection/loss parameters, and of the encoders' own weights.
-        weight_decay, betas: AdamW settings (no decay on biases, norms, temperature and bias scalars).
-        warmup_ratio, min_lr_ratio: linear warmup over this fraction of steps, then cosine to min_lr_ratio * lr.
+        optimizer: AdamW + warmup-cosine settings; ``lr`` trains pooling/projection/loss parameters,
+            ``encoder_lr`` the encoders' own weights (no decay on biases, norms, temperature and bias scalars).
         class_names: class names for zero-shot evaluation (default: the datamodule's ``class_names``).
         zero_shot_templates: prompts with one ``{}`` for the class name (default: the datamodule's, else "a photo of {}").
         audio_tower: optional module mapping (input_features, feature_mask) -> [B, D] whose ``encoder`` has
@@ -80,12 +85,9 @@ class AlignmentModule(LightningModule):
         full_dim_weight: float = 1.0,
         mrl_weight: float = 1.0,
         text_dropout: float = 0.0,
-        lr: float = 1e-3,
-        encoder_lr: float = 1e-5,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.98),
-        warmup_ratio: float = 0.1,
-        min_lr_ratio: float = 0.0,
+        optimizer: OptimizerSettings = OptimizerSettings(
+            lr=1e-3, encoder_lr=1e-5, weight_decay=0.05, betas=(0.9, 0.98), warmup_ratio=0.1
+        ),
         class_names: list[str] | None = None,
         zero_shot_templates: list[str] | None = None,
         audio_tower: nn.Module | None = None,
@@ -97,6 +99,7 @@ class AlignmentModule(LightningModule):
         self.save_hyperparameters(ignore=[] if built_from_config() else ["image_tower", "text_tower", "audio_tower"])
         self.image_tower = image_tower
         self.text_tower = text_tower
+        self.optimizer_settings = optimizer
         embed_dim = _tower_dim(image_tower, "image_tower")
         if _tower_dim(text_tower, "text_tower") != embed_dim:
             raise ValueError(
@@ -120,9 +123,11 @@ class AlignmentModule(LightningModule):
             raise ValueError(f"pair_weights: expected keys from {names}, received unknown {unknown}")
         self.pair_weights = {p: float((pair_weights or {}).get(pair_name(p), 1.0)) for p in self.pairs}
 
+        kind = parse_choice(ContrastiveKind, contrastive, "contrastive")
+
         def pair_loss() -> MatryoshkaContrastiveLoss:
             base = build_contrastive_loss(
-                ContrastiveKind(contrastive), init_temperature=init_temperature,
+                kind, init_temperature=init_temperature,
                 learnable_temperature=learnable_temperature,
             )
             return MatryoshkaContrastiveLoss(
@@ -153,7 +158,8 @@ class AlignmentModule(LightningModule):
     def _audio_features(self, waveforms: list, sampling_rate: int = SAMPLING_RATE) -> torch.Tensor:
         if self.audio_tower is None:
             raise ValueError("audio_tower: this AlignmentModule was built without an audio tower")
-        inputs = self.audio_tower.encoder.featurize(waveforms, sampling_rate)  # log-mel on the CPU
+        waveforms = [to_mono_16k(w, sampling_rate, where=f"waveforms[{i}]") for i, w in enumerate(waveforms)]
+        inputs = self.audio_tower.encoder.featurize(waveforms)  # log-mel on the CPU
         device = next(self.audio_tower.parameters()).device
         return self.audio_tower(inputs["input_features"].to(device), inputs["feature_mask"].to(device))  # [B, D]
 
@@ -184,9 +190,6 @@ class AlignmentModule(LightningModule):
         for template in self.zero_shot_templates:
             if template.count("{}") != 1:
                 raise ValueError(f"zero_shot_templates: expected exactly one '{{}}' per template, received {template!r}")
-
-    def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume despite estimated_stepping_batches
 
     def training_step(self, batch: ImageTextBatch, batch_idx: int) -> torch.Tensor:
         captions = apply_text_dropout(batch.captions, self.hparams.text_dropout) if self.hparams.text_dropout else batch.captions
@@ -277,13 +280,11 @@ class AlignmentModule(LightningModule):
 
     # ----- optimization -----
     def configure_optimizers(self):
-        hp = self.hparams
         towers = (self.image_tower, self.text_tower, *([self.audio_tower] if self.audio_tower is not None else []))
         encoders = {id(p) for tower in towers for p in _encoder_parameters(tower)}
         return encoder_head_adamw(
-            self.named_parameters(), encoders, lr=hp.lr, encoder_lr=hp.encoder_lr, weight_decay=hp.weight_decay,
-            betas=hp.betas, total_steps=int(self.trainer.estimated_stepping_batches), warmup_ratio=hp.warmup_ratio,
-            min_lr_ratio=hp.min_lr_ratio, no_decay_names=("logit_scale", "logit_bias", "bias"),
+            self.named_parameters(), encoders, self.optimizer_settings, int(self.trainer.estimated_stepping_batches),
+            no_decay_names=("logit_scale", "logit_bias", "bias"),
             owner="AlignmentModule (every tower and the loss are frozen)",
         )
 

@@ -2,7 +2,7 @@
 
 One training step = one PPO iteration over a batch of B generation requests (class y_i, request id):
     prompt_i  = template(y_i, in-context examples ICLSampler(request id))   (assistant turn prefilled)
-    x_i ~ pi_old(.|prompt_i)                                                (HF generate)
+    x_i ~ pi_old(.|prompt_i)                                                (a RolloutEngine: HF generate)
     (text_i, status_i) = parse(x_i)                                         (failures counted, penalized)
     R_i       = ClassifierReward(texts, y, valid)   reset + train k steps + golden eval + distances, normalized
     r_t       = -kl_coef * KL(pi_old || pi_ref)_t, + R_i at the last completion token
@@ -21,61 +21,72 @@ import time
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from torch import Tensor, nn
 
-from prismrl.backbones.lora import LoraSettings
-from prismrl.backbones.policy import build_policy, frozen_copy, reference_of, uses_adapters
-from prismrl.choices import parse_choice
-from prismrl.data.adapters.registry import adapter_class_for
-from prismrl.data.adapters.causal_lm import CausalLMAdapter
-from prismrl.data.generation_prompts import ParseReport, ResponsePrefixAdapter, load_prompt_template, parse_batch
-from prismrl.data.loaders import load_pending_dataloader_states
-from prismrl.lightning_modules.hparams import built_from_config
+from prismrl.choices import check_positive_float, check_positive_int, parse_choice
+from prismrl.data.generation_prompts import (
+    ParseReport,
+    load_prompt_template,
+    parse_batch,
+)
+from prismrl.lightning_modules.plumbing import StageModule, built_from_config
+from prismrl.optim import OptimizerSettings, adamw_with_schedule
+from prismrl.policy.adapters.causal_lm import CausalLMAdapter, ResponsePrefixAdapter
+from prismrl.policy.adapters.registry import adapter_class_for
+from prismrl.policy.build import PolicySettings, build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.policy.rollout import (
+    HFRolloutEngine,
+    RolloutEngine,
+    RolloutSettings,
+    SamplingSettings,
+    build_rollout_engine,
+    eos_token_ids,
+    minibatches,
+)
+from prismrl.rewards.classifier import ClassifierReward, RewardResult, RewardWeights
+from prismrl.rewards.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
 from prismrl.rl.advantages import gae, masked_mean, whiten
-from prismrl.rl.classifier_reward import ClassifierReward, RewardResult, RewardWeights
-from prismrl.rl.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
 from prismrl.rl.kl import KLEstimator, kl_penalty
-from prismrl.rl.ppo import ValueHead, logprobs_and_values, ppo_loss, sequence_end_rewards
-from prismrl.rl.rollout import SamplingSettings, eos_token_ids, minibatches, sample_completions
+from prismrl.rl.ppo import (
+    ValueHead,
+    logprobs_and_values,
+    ppo_loss,
+    sequence_end_rewards,
+)
 
 
-class GeneratorPPOModule(LightningModule):
+class GeneratorPPOModule(StageModule):
     """See the module docstring.
 
     Args:
         classifier: the classifier-in-the-loop (``prismrl.backbones.text_classifier.TextClassifier``); its weights
             at construction are the starting weights it is reset to before every reward.
-        model_name_or_path / tiny_config, torch_dtype, attn_implementation, quantization ("4bit"/"8bit", needs lora),
-            lora, gradient_checkpointing: the policy (``prismrl.backbones.policy.build_policy``).
+        policy: PolicySettings, the generator: a text-only causal LM (``prismrl.policy.build.build_policy``).
         prompt_template: YAML path / dict / None (default ``PromptTemplate``); system_prompt: optional system turn.
         icl_strategy ("random" / "diverse" / "balanced"), icl_examples: in-context examples per prompt; "diverse"
             spreads them in the classifier's starting embedding space.
-        sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k).
+        sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k); rollout: RolloutSettings (the
+            engine that samples: "hf" = the policy's own generate).
         reward_weights: RewardWeights (w1 inter, w2 intra, w3 golden_loss); classifier_steps / classifier_lr /
             classifier_batch_size: the reward classifier's training; distance_metric: "cosine" / "euclidean";
             failure_reward: reward of unparseable / empty / off-class generations (None = -(w2 + w3)).
         kl_coef, kl_estimator ("k1"/"k2"/"k3"): per-token KL penalty; gamma, lam: GAE; whiten_advantages.
         ppo_epochs, minibatch_size (None = whole batch), clip_range, value_clip_range, value_coef: PPO update.
-        lr (policy), value_lr (value head), weight_decay, max_grad_norm: AdamW + gradient clipping.
+        optimizer: OptimizerSettings (AdamW at ``lr`` on the policy and ``value_lr`` on the value head, warmup +
+            cosine per optimizer step, constant by default: ``min_lr_ratio`` 1; gradient clipping).
         seed: base seed of the in-context example draws.
     """
 
     def __init__(
         self,
         classifier: nn.Module,
-        model_name_or_path: str | None = None,
-        tiny_config: dict[str, Any] | None = None,
-        torch_dtype: str | None = None,
-        attn_implementation: str = "sdpa",
-        quantization: str | None = None,
-        lora: LoraSettings | None = None,
-        gradient_checkpointing: bool = False,
+        policy: PolicySettings,
         prompt_template: str | dict[str, Any] | None = None,
         system_prompt: str | None = None,
         icl_strategy: str = "balanced",
         icl_examples: int = 4,
         sampling: SamplingSettings | None = None,
+        rollout: RolloutSettings = RolloutSettings(),
         reward_weights: RewardWeights | None = None,
         classifier_steps: int = 10,
         classifier_lr: float = 1e-3,
@@ -92,10 +103,8 @@ class GeneratorPPOModule(LightningModule):
         clip_range: float = 0.2,
         value_clip_range: float = 0.2,
         value_coef: float = 0.5,
-        lr: float = 1e-5,
+        optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5, weight_decay=0.0, min_lr_ratio=1.0, max_grad_norm=1.0),
         value_lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
         seed: int = 0,
         logprob_chunk_size: int | None = None,
     ) -> None:
@@ -104,24 +113,24 @@ class GeneratorPPOModule(LightningModule):
         self.automatic_optimization = False
         if not callable(getattr(classifier, "embed", None)) or not isinstance(getattr(classifier, "head", None), nn.Module):
             raise TypeError(f"classifier: expected a TextClassifier-like module (embed + head), received {type(classifier).__name__}")
-        for name, value in (("ppo_epochs", ppo_epochs), ("minibatch_size", minibatch_size or 1), ("icl_examples", icl_examples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, received {value!r}")
-        if kl_coef < 0:
-            raise ValueError(f"kl_coef: expected a float >= 0, received {kl_coef!r}")
+        check_positive_int("ppo_epochs", ppo_epochs)
+        check_positive_int("icl_examples", icl_examples)
+        if minibatch_size is not None:
+            check_positive_int("minibatch_size", minibatch_size)
+        check_positive_float("kl_coef", kl_coef, allow_zero=True)
+        check_positive_float("value_lr", value_lr)
         parse_strategy(icl_strategy)
+        self.optimizer_settings = optimizer
+        self.rollout_settings = rollout
         self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
         self.reward_weights = reward_weights if reward_weights is not None else RewardWeights()
         self.sampling = sampling if sampling is not None else SamplingSettings()
         self.template = load_prompt_template(prompt_template)
         self.classifier = classifier
         self.classifier_start = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
-        self.policy, self.tokenizer = build_policy(
-            model_name_or_path, tiny_config, torch_dtype=torch_dtype, attn_implementation=attn_implementation,
-            quantization=quantization, lora=lora, gradient_checkpointing=gradient_checkpointing,
-        )
+        self.policy, self.tokenizer = build_policy(policy)
         if not issubclass(adapter_class_for(self.policy), CausalLMAdapter):
-            raise ValueError(f"model_name_or_path / tiny_config: the generator must be a text-only causal LM, "
+            raise ValueError(f"policy: the generator must be a text-only causal LM, "
                              f"received model_type {self.policy.config.model_type!r}")
         self.reference = None if uses_adapters(self.policy) else frozen_copy(self.policy)
         self.adapter = ResponsePrefixAdapter(self.tokenizer, self.policy.config, self.template.response_prefix,
@@ -131,6 +140,14 @@ class GeneratorPPOModule(LightningModule):
         self.reward_normalizer = None  # set by RewardNormalizationCallback.setup
         self.reward_fn: ClassifierReward | None = None
         self.last_samples: list[dict[str, Any]] = []
+        self._engine: RolloutEngine | None = None
+
+    @property
+    def rollout_engine(self) -> RolloutEngine:
+        """The engine the policy's rollouts sample through, built on first use (once per module)."""
+        if self._engine is None:
+            self._engine = build_rollout_engine(self.rollout_settings, self.policy, self.adapter, self.eos_ids)
+        return self._engine
 
     # ----- golden data, prompts and the reward (built once the datamodule is known) -----
     def setup(self, stage: str) -> None:
@@ -169,15 +186,14 @@ class GeneratorPPOModule(LightningModule):
     def generate_examples(self, labels: list[int], request_ids: list[int], greedy: bool = False, baseline: bool = False):
         """Sample one generation per request; returns (prompt batch, completion ids, ParseReport).
 
-        ``baseline=True`` generates with the reference model (the generator before PPO)."""
+        ``baseline=True`` generates with the reference model (the generator before PPO), through HF generate."""
         prompts = self.adapter.build_prompts([self.render_request(y, r) for y, r in zip(labels, request_ids)])
         prompts = prompts.to(self.device)
-        self.policy.eval()
         if baseline:
             with reference_of(self.policy, self.reference) as model:
-                completions = sample_completions(model, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
+                completions = HFRolloutEngine(model, self.adapter, self.eos_ids).generate(prompts, self.sampling, greedy)
         else:
-            completions = sample_completions(self.policy, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
+            completions = self.rollout_engine.generate(prompts, self.sampling, greedy)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return prompts, completions, parse_batch(texts, labels, self.label_names)
 
@@ -199,7 +215,7 @@ class GeneratorPPOModule(LightningModule):
             advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # [B, T-1]
             if hp.whiten_advantages:
                 advantages = whiten(advantages, mask)
-        optimizer = self.optimizers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         self.policy.train()
         stats: list[dict[str, Tensor]] = []
         for _ in range(hp.ppo_epochs):
@@ -209,12 +225,10 @@ class GeneratorPPOModule(LightningModule):
                 logprobs, values = self._forward(self.policy, self.value_head, sub)
                 loss, step_stats = ppo_loss(logprobs, values, old_logprobs[rows], old_values[rows], advantages[rows],
                                             returns[rows], mask[rows], hp.clip_range, hp.value_clip_range, hp.value_coef)
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                if hp.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                optimizer.step()
+                self.manual_optimizer_step(loss, optimizer)
+                scheduler.step()
                 stats.append({"loss": loss.detach(), **step_stats})
+        self.rollout_engine.sync_weights(self.policy)
         self._log_iteration(report, result, masked_mean(kl, mask), mask, stats, time.perf_counter() - start)
         self.last_samples = [{"label": self.label_names[y], "status": item.status.value, "text": item.text,
                               "reward": float(r)} for y, item, r in zip(labels, report.items, result.rewards)]
@@ -266,12 +280,15 @@ class GeneratorPPOModule(LightningModule):
                              "reward normalizer and checkpoints it)")
 
     def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)
+        super().on_train_start()
+        self.rollout_engine.sync_weights(self.policy)  # the weights a resumed run restored
 
     def configure_optimizers(self):
-        hp = self.hparams
-        policy = [p for p in self.policy.parameters() if p.requires_grad]
-        if not policy:
+        if not any(p.requires_grad for p in self.policy.parameters()):
             raise ValueError("policy: has no trainable parameter (LoRA settings or freezing left nothing to train)")
-        return torch.optim.AdamW([{"params": policy, "lr": hp.lr}, {"params": self.value_head.parameters(), "lr": hp.value_lr}],
-                                 weight_decay=hp.weight_decay)
+        settings = self.optimizer_settings
+        config = adamw_with_schedule(
+            settings, [(self.policy.named_parameters(), settings.lr), (self.value_head.named_parameters(), self.hparams.value_lr)],
+            self.manual_optimizer_steps(self.hparams.ppo_epochs, self.hparams.minibatch_size), owner="policy",
+        )
+        return [config["optimizer"]], [config["lr_scheduler"]["scheduler"]]  # stepped by hand (manual optimization)

@@ -1,7 +1,7 @@
 """GRPO on a (vision-)language policy: group rollouts, group-normalized advantages, clipped objective + KL.
 
 One training step (a batch of P prompt records, G = group_size):
-    rollout   y_1..G ~ pi_old(.|x) for every prompt x            (HF generate, temperature / top-p)
+    rollout   y_1..G ~ pi_old(.|x) for every prompt x            (a RolloutEngine: HF generate, temperature / top-p)
     reward    r_i = reward_fn(y_i, record)                       (e.g. a WeightedSumReward of rule rewards)
     advantage A_i = (r_i - mean_group(r)) / (std_group(r) + eps)  (group_normalized_advantages)
     for mu = 1..num_iterations, for each minibatch of the P*G rollouts:
@@ -20,40 +20,48 @@ import time
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from torch import Tensor
 
-from prismrl.backbones.lora import LoraSettings
-from prismrl.choices import parse_choice
-from prismrl.backbones.policy import build_policy, frozen_copy, reference_of, uses_adapters
-from prismrl.data.adapters import adapter_for
-from prismrl.data.loaders import load_pending_dataloader_states
-from prismrl.data.multimodal import MultimodalBatch
-from prismrl.lightning_modules.hparams import built_from_config
-from prismrl.optim import decay_groups, warmup_cosine_scheduler
-from prismrl.rl.advantages import AdvantageScaling, masked_mean
-from prismrl.rl.advantages import group_normalized_advantages
+from prismrl.choices import check_positive_float, check_positive_int, parse_choice
+from prismrl.data.records import PromptRecord
+from prismrl.lightning_modules.plumbing import StageModule, built_from_config
+from prismrl.optim import OptimizerSettings, adamw_with_schedule
+from prismrl.policy.adapters import adapter_for
+from prismrl.policy.build import PolicySettings, build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.policy.multimodal import MultimodalBatch
+from prismrl.policy.rollout import (
+    PackingSettings,
+    RolloutEngine,
+    RolloutSettings,
+    SamplingSettings,
+    build_rollout_engine,
+    eos_token_ids,
+    group_indices,
+    minibatches,
+    sequence_logprobs,
+)
+from prismrl.rewards.functions import score_completions
+from prismrl.rl.advantages import (
+    AdvantageScaling,
+    group_normalized_advantages,
+    masked_mean,
+)
 from prismrl.rl.kl import KLEstimator
 from prismrl.rl.policy_loss import LossAggregation, count_global_tokens, grpo_loss
-from prismrl.rl.rewards import PromptRecord, score_completions
-from prismrl.rl.rollout import (
-    PackingSettings, SamplingSettings, eos_token_ids, group_indices, minibatches, sample_completions, sequence_logprobs,
-)
 
 
-class GRPOModule(LightningModule):
+class GRPOModule(StageModule):
     """GRPO trainer for causal LMs and VLMs (see the module docstring).
 
     Args:
         reward: a reward function ``fn(completions: list[str], records: list[PromptRecord]) -> [N]``
-            (``prismrl.rl.rewards``: ExactMatchReward, NumericMatchReward, FormatReward, CallableReward,
+            (``prismrl.rewards.functions``: ExactMatchReward, NumericMatchReward, FormatReward, CallableReward,
             WeightedSumReward); per-component means are logged for a WeightedSumReward.
-        model_name_or_path / tiny_config: the policy (``shipped:smollm2-135m-instruct``, an HF id/folder,
-            or ``{"model_type": "qwen2_vl", ...}`` for a tiny random-init model); torch_dtype, attn_implementation
-            ("sdpa" / "flash_attention_2", falls back to sdpa), quantization ("4bit"/"8bit", needs lora),
-            lora (LoraSettings; "all-linear" = the language model's linear layers), lora_on_vision,
-            gradient_checkpointing.
-        group_size: G completions per prompt (>= 2); sampling: SamplingSettings.
+        policy: PolicySettings, the (vision-)language policy (``model_name_or_path: shipped:smollm2-135m-instruct``,
+            an HF id/folder, or ``tiny_config: {model_type: qwen2_vl}`` for a tiny random-init model; dtype,
+            attention, quantization, lora ("all-linear" = the language model's linear layers), gradient checkpointing).
+        group_size: G completions per prompt (>= 2); sampling: SamplingSettings; rollout: RolloutSettings
+            (the engine that samples: "hf" = the policy's own generate).
         num_iterations: optimization passes (mu) over each rollout; minibatch_size: rollouts per optimizer
             step (None = all P*G at once).
         beta, kl_estimator: KL coefficient (0 = no reference model) and estimator ("k1"/"k2"/"k3").
@@ -61,23 +69,18 @@ class GRPOModule(LightningModule):
         advantage_scaling: group_std / batch_std / none.
         packing: PackingSettings to run the training forwards on packed rows (None = padded batch).
         system_prompt: optional system turn; logprob_chunk_size: rows per log-softmax block (None = auto).
-        lr, weight_decay, betas, warmup_ratio, min_lr_ratio, max_grad_norm: AdamW + warmup-cosine + clipping.
+        optimizer: OptimizerSettings (AdamW over the trainable policy weights, no decay on biases / norms,
+            warmup + cosine per optimizer step, gradient clipping).
         export_dir: where ``on_fit_end`` saves the adapters (or the full model) and tokenizer.
     """
 
     def __init__(
         self,
         reward: Any,
-        model_name_or_path: str | None = None,
-        tiny_config: dict[str, Any] | None = None,
-        torch_dtype: str | None = None,
-        attn_implementation: str = "sdpa",
-        quantization: str | None = None,
-        lora: LoraSettings | None = None,
-        lora_on_vision: bool = False,
-        gradient_checkpointing: bool = False,
+        policy: PolicySettings,
         group_size: int = 4,
         sampling: SamplingSettings | None = None,
+        rollout: RolloutSettings = RolloutSettings(),
         num_iterations: int = 1,
         minibatch_size: int | None = None,
         beta: float = 0.04,
@@ -89,12 +92,8 @@ class GRPOModule(LightningModule):
         packing: PackingSettings | None = None,
         system_prompt: str | None = None,
         logprob_chunk_size: int | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.99),
-        warmup_ratio: float = 0.0,
-        min_lr_ratio: float = 0.1,
-        max_grad_norm: float | None = 1.0,
+        optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99), warmup_ratio=0.0,
+                                                         min_lr_ratio=0.1, max_grad_norm=1.0),
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -104,26 +103,31 @@ class GRPOModule(LightningModule):
         if not callable(reward):
             raise TypeError(f"reward: expected a callable reward function, received {type(reward).__name__}")
         group_indices(1, group_size)  # validates group_size
-        for name, value in (("num_iterations", num_iterations), ("minibatch_size", minibatch_size or 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, received {value!r}")
-        if beta < 0:
-            raise ValueError(f"beta: expected a float >= 0, received {beta!r}")
+        check_positive_int("num_iterations", num_iterations)
+        if minibatch_size is not None:
+            check_positive_int("minibatch_size", minibatch_size)
+        check_positive_float("beta", beta, allow_zero=True)
         self.reward = reward
+        self.optimizer_settings = optimizer
         self.sampling = sampling if sampling is not None else SamplingSettings()
+        self.rollout_settings = rollout
         self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
         self.aggregation = parse_choice(LossAggregation, loss_aggregation, "loss_aggregation")
         self.scaling = parse_choice(AdvantageScaling, advantage_scaling, "advantage_scaling")
-        self.policy, self.tokenizer = build_policy(
-            model_name_or_path, tiny_config, torch_dtype=torch_dtype, attn_implementation=attn_implementation,
-            quantization=quantization, lora=lora, lora_on_vision=lora_on_vision,
-            gradient_checkpointing=gradient_checkpointing,
-        )
+        self.policy, self.tokenizer = build_policy(policy)
         self.reference = frozen_copy(self.policy) if beta > 0 and not uses_adapters(self.policy) else None
         self.adapter = adapter_for(self.policy, self.tokenizer, system_prompt=system_prompt)
         self.eos_ids = eos_token_ids(self.policy, self.tokenizer)
         self.packing = packing
         self.rope_index = self.adapter.rope_index_fn(self.policy) if packing is not None else None
+        self._engine: RolloutEngine | None = None
+
+    @property
+    def rollout_engine(self) -> RolloutEngine:
+        """The engine every rollout samples through, built on first use (once per module)."""
+        if self._engine is None:
+            self._engine = build_rollout_engine(self.rollout_settings, self.policy, self.adapter, self.eos_ids)
+        return self._engine
 
     def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         return sequence_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,
@@ -137,8 +141,7 @@ class GRPOModule(LightningModule):
         prompts = self.adapter.build_prompts([r.prompt for r in records], [r.images for r in records])
         index = torch.arange(len(records)) if greedy else group_indices(len(records), self.hparams.group_size)
         prompts = prompts.select(index).to(self.device, pixel_dtype=self.policy.dtype)
-        self.policy.eval()
-        completions = sample_completions(self.policy, prompts, self.adapter, self.sampling, self.eos_ids, greedy)
+        completions = self.rollout_engine.generate(prompts, self.sampling, greedy)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         scores = score_completions(self.reward, texts, [records[i] for i in index.tolist()])
         batch = self.adapter.append_completions(prompts, completions).to(self.device, self.policy.dtype)
@@ -169,6 +172,7 @@ class GRPOModule(LightningModule):
             for index in minibatches(batch.batch_size, hp.minibatch_size):
                 stats.append(self._optimizer_step(batch.select(index), optimizer))
                 scheduler.step()
+        self.rollout_engine.sync_weights(self.policy)
         self._log_step(batch, scores, stats, rollout_seconds, time.perf_counter() - start)
         return stats[-1]["loss"]
 
@@ -183,13 +187,8 @@ class GRPOModule(LightningModule):
             global_token_count=count_global_tokens(mask) if self.aggregation is LossAggregation.DAPO else None,
             world_size=self.trainer.world_size,
         )
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        if hp.max_grad_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        out = {"loss": loss.detach(), "entropy": masked_mean(entropy, mask.to(entropy.dtype)), **stats.to_dict()}
-        return out
+        self.manual_optimizer_step(loss, optimizer)
+        return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask.to(entropy.dtype)), **stats.to_dict()}
 
     def _log_step(self, batch: MultimodalBatch, scores, stats: list[dict[str, Tensor]], rollout_s: float,
                   step_s: float) -> None:
@@ -231,28 +230,16 @@ class GRPOModule(LightningModule):
         return batch  # prompt records stay on the host; rollouts move their own tensors
 
     def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)
+        super().on_train_start()
+        self.rollout_engine.sync_weights(self.policy)  # the weights a resumed run restored
 
     def configure_optimizers(self):
+        settings = self.optimizer_settings
         hp = self.hparams
-        groups = decay_groups(self.policy.named_parameters(), hp.weight_decay, hp.lr, no_decay_names=("bias", "norm"))
-        groups = [g for g in groups if g["params"]]
-        if not groups:
-            raise ValueError("policy: has no trainable parameter (LoRA settings or freezing left nothing to train)")
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        return [optimizer], [warmup_cosine_scheduler(optimizer, self._total_optimizer_steps(), hp.warmup_ratio, hp.min_lr_ratio)]
-
-    def _total_optimizer_steps(self) -> int:
-        """trainer.max_steps, or rollouts x num_iterations x ceil(P * G / minibatch_size) for epoch-bounded runs."""
-        rollouts = int(self.trainer.estimated_stepping_batches)  # loads the train loader
-        if self.trainer.max_steps > 0:
-            return self.trainer.max_steps
-        prompts = getattr(self.trainer.train_dataloader, "batch_size", None)
-        if not isinstance(prompts, int):
-            raise ValueError("trainer.max_steps: set it (optimizer steps) when the train loader has no int batch_size")
-        rows, size = prompts * self.hparams.group_size, self.hparams.minibatch_size
-        per_rollout = 1 if size is None else -(-rows // size)
-        return max(1, rollouts * self.hparams.num_iterations * per_rollout)
+        total_steps = self.manual_optimizer_steps(hp.num_iterations, hp.minibatch_size, rows_per_sample=hp.group_size)
+        config = adamw_with_schedule(settings, [(self.policy.named_parameters(), settings.lr)], total_steps,
+                                     no_decay_names=("bias", "norm"), owner="policy")
+        return [config["optimizer"]], [config["lr_scheduler"]["scheduler"]]  # stepped by hand (manual optimization)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """With LoRA, checkpoints keep the trainable weights only: the frozen base is rebuilt from its source."""

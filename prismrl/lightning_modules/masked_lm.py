@@ -20,104 +20,32 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from prismrl.backbones.shipped import check_exactly_one, pretrained_kwargs, resolve_model_path, tiny_hf_config
-from prismrl.backbones.text import DEFAULT_TINY_TOKENIZER, HFTextEncoder
-from prismrl.data.domain_corpus import load_domain_tokenizer, validate_domain_tokens
-from prismrl.data.loaders import load_pending_dataloader_states
-from prismrl.optim import decay_groups, warmup_cosine_scheduler
+from prismrl.backbones.answer_masking import IGNORE_INDEX
+from prismrl.backbones.masked_lm import (
+    MLM_HEADS,
+    build_masked_lm,
+    init_domain_embeddings,
+    load_domain_tokenizer,
+    validate_domain_tokens,
+)
+from prismrl.backbones.shipped import check_exactly_one
+from prismrl.backbones.text import DEFAULT_TINY_TOKENIZER
+from prismrl.lightning_modules.plumbing import StageModule
+from prismrl.optim import OptimizerSettings, adamw_with_schedule
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
-
-# hidden [N, H] -> logits [N, V] for families whose head can run on selected positions only; any other
-# AutoModelForMaskedLM family computes logits at every position and then selects.
-MLM_HEADS: dict[str, Callable[[nn.Module], Callable[[Tensor], Tensor]]] = {
-    "bert": lambda model: model.cls,  # BERT, MiniLM
-    "roberta": lambda model: model.lm_head,
-    "xlm-roberta": lambda model: model.lm_head,
-    "modernbert": lambda model: (lambda hidden: model.decoder(model.head(hidden))),
-}
 
 
-def build_masked_lm(model_name_or_path: str | None, tiny_config: dict | None, tokenizer: Any, attn_implementation: str = "sdpa"):
-    """An ``AutoModelForMaskedLM`` from a name/path (pretrained) or a tiny config (random init).
-
-    A tiny config takes ``vocab_size = len(tokenizer)`` and the tokenizer's pad/cls/sep (bos/eos) ids unless it
-    sets them.
-    """
-    from transformers import AutoConfig, MODEL_FOR_MASKED_LM_MAPPING
-
-    check_exactly_one(model_name_or_path, tiny_config)
-    if tiny_config is not None:
-        config = tiny_hf_config(tiny_config)
-        config.vocab_size = tiny_config.get("vocab_size", len(tokenizer))
-        special = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
-                   "sep_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.bos_token_id or tokenizer.cls_token_id,
-                   "eos_token_id": tokenizer.eos_token_id or tokenizer.sep_token_id}
-        for key, value in special.items():
-            if key not in tiny_config and (key == "pad_token_id" or hasattr(config, key)):
-                setattr(config, key, value)
-    else:
-        path = resolve_model_path(model_name_or_path)
-        config = AutoConfig.from_pretrained(path, **pretrained_kwargs(path))
-    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
-        raise ValueError(f"model_type: transformers has no masked-LM model for {config.model_type!r}")
-    model_cls = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
-    if attn_implementation == "sdpa" and not getattr(model_cls, "_supports_sdpa", False):
-        attn_implementation = "eager"
-    if tiny_config is not None:
-        return model_cls._from_config(config, attn_implementation=attn_implementation)
-    model, info = model_cls.from_pretrained(
-        path, attn_implementation=attn_implementation, output_loading_info=True, **pretrained_kwargs(path)
-    )
-    model.train()  # from_pretrained returns eval mode; Lightning keeps per-module modes, so dropout would stay off
-    missing = sorted(info.get("missing_keys", []))
-    if missing:
-        log.warning("MaskedLMModule: %s has no weights for %s; they are newly initialized (e.g. a missing MLM head)",
-                    model_name_or_path, ", ".join(missing))
-    return model
-
-
-def init_domain_embeddings(model: nn.Module, tokenizer: Any, domain_tokens: list[str]) -> list[int]:
-    """Grow the embeddings to ``len(tokenizer)`` rows if needed; domain rows := mean of the base rows.
-
-    The domain tokens are the last ``k`` ids of the tokenizer; base rows are ids ``< len(tokenizer) - k``.
-    Returns the domain token ids.
-    """
-    size = len(tokenizer)
-    if model.get_input_embeddings().num_embeddings < size:
-        model.resize_token_embeddings(size, mean_resizing=False)
-    ids = tokenizer.convert_tokens_to_ids(domain_tokens)
-    base = size - len(domain_tokens)
-    if ids != list(range(base, size)):
-        raise ValueError(f"domain_tokens: expected ids {list(range(base, size))} at the end of the vocabulary, received {ids}")
-    if not ids:
-        return ids
-    output = model.get_output_embeddings()
-    with torch.no_grad():
-        matrices = [model.get_input_embeddings().weight]
-        if output is not None and output.weight is not matrices[0]:
-            matrices.append(output.weight)
-        for weight in matrices:
-            weight[ids] = weight[:base].mean(dim=0)  # [k, H] <- [H]
-        bias = getattr(output, "bias", None) if output is not None else None
-        if isinstance(bias, Tensor) and bias.shape[0] >= size:
-            bias[ids] = bias[:base].mean()
-    return ids
-
-
-class MaskedLMModule(LightningModule):
+class MaskedLMModule(StageModule):
     """Continued masked-LM pre-training of a BERT/MiniLM, RoBERTa or ModernBERT encoder on domain text.
 
     Args:
@@ -126,7 +54,8 @@ class MaskedLMModule(LightningModule):
             or a transformers config dict with "model_type" (random init).
         tokenizer_name_or_path: default ``model_name_or_path``, else the shipped MiniLM tokenizer.
         domain_tokens: new special tokens, e.g. ["<DOMAIN_NEWS>"]; one already in the vocabulary -> ValueError.
-        lr, weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW with linear warmup then cosine decay.
+        optimizer: AdamW over every trainable parameter at ``lr`` (``encoder_lr`` unused), linear warmup then
+            cosine decay.
         export_dir: when set, ``export_encoder(export_dir)`` runs at the end of ``fit`` (final weights).
     """
 
@@ -136,16 +65,15 @@ class MaskedLMModule(LightningModule):
         tiny_config: dict | None = None,
         tokenizer_name_or_path: str | None = None,
         domain_tokens: list[str] | None = None,
-        lr: float = 5e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.98),
-        warmup_ratio: float = 0.06,
-        min_lr_ratio: float = 0.0,
+        optimizer: OptimizerSettings = OptimizerSettings(
+            lr=5e-5, weight_decay=0.01, betas=(0.9, 0.98), warmup_ratio=0.06
+        ),
         attn_implementation: str = "sdpa",
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.optimizer_settings = optimizer
         check_exactly_one(model_name_or_path, tiny_config)
         self.domain_tokens = validate_domain_tokens(domain_tokens)
         self.tokenizer_name_or_path = tokenizer_name_or_path or model_name_or_path or DEFAULT_TINY_TOKENIZER
@@ -195,9 +123,6 @@ class MaskedLMModule(LightningModule):
         hidden = self.model.base_model(**inputs).last_hidden_state  # [B, T, H]
         return head(self.model)(hidden[picked]), labels[picked]  # [N, V], [N]
 
-    def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits, targets = self.masked_logits(batch)
         batch_size = batch["input_ids"].shape[0]
@@ -231,13 +156,9 @@ class MaskedLMModule(LightningModule):
 
     # ----- optimization -----
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = decay_groups(self.named_parameters(), hp.weight_decay, hp.lr)
-        if not groups:
-            raise ValueError("MaskedLMModule: no trainable parameters")
-        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
-        scheduler = warmup_cosine_scheduler(optimizer, int(self.trainer.estimated_stepping_batches), hp.warmup_ratio, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        settings = self.optimizer_settings
+        return adamw_with_schedule(settings, [(self.named_parameters(), settings.lr)],
+                                   int(self.trainer.estimated_stepping_batches), owner="MaskedLMModule")
 
     # ----- export -----
     def on_fit_end(self) -> None:
@@ -273,32 +194,4 @@ class MaskedLMModule(LightningModule):
         return final
 
 
-def load_dap_encoder_into(text_encoder: HFTextEncoder, folder: str | os.PathLike) -> HFTextEncoder:
-    """Copy an exported DAP encoder's weights and tokenizer into ``text_encoder`` (in place; returned).
-
-    Raises ValueError when the model type, vocabulary size (embedding rows) or hidden width differ,
-    naming both values; TypeError when ``text_encoder`` carries LoRA adapters (build it with
-    ``HFTextEncoder(model_name_or_path=folder, lora=...)`` instead).
-    """
-    from transformers import AutoConfig
-
-    if not isinstance(text_encoder, HFTextEncoder):
-        raise TypeError(f"text_encoder: expected an HFTextEncoder, received {type(text_encoder).__name__}")
-    if hasattr(text_encoder.model, "peft_config"):
-        raise TypeError("text_encoder: carries LoRA adapters; build it with HFTextEncoder(model_name_or_path=folder, lora=...)")
-    folder = str(folder)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    target = text_encoder.model
-    rows = target.get_input_embeddings().num_embeddings
-    checks = [("model_type", config.model_type, target.config.model_type), ("vocab_size", config.vocab_size, rows),
-              ("hidden_size", config.hidden_size, text_encoder.hidden_size)]
-    for field, exported, current in checks:
-        if exported != current:
-            raise ValueError(f"{field}: the DAP encoder in {folder} has {exported!r}, the text encoder has {current!r}")
-    source = HFTextEncoder(model_name_or_path=folder, max_length=text_encoder.max_length)
-    target.load_state_dict(source.model.state_dict(), strict=True)
-    text_encoder.tokenizer = source.tokenizer
-    return text_encoder
-
-
-__all__ = ["MLM_HEADS", "MaskedLMModule", "build_masked_lm", "init_domain_embeddings", "load_dap_encoder_into"]
+__all__ = ["MaskedLMModule"]

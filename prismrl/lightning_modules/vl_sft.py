@@ -18,16 +18,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from prismrl.backbones.answer_masking import IGNORE_INDEX
 from prismrl.backbones.visual_prefix import VisualPrefix, load_aligned_vision
-from prismrl.data.answer_masking import IGNORE_INDEX
-from prismrl.data.loaders import load_pending_dataloader_states
 from prismrl.data.text_dropout import apply_text_dropout
-from prismrl.lightning_modules.hparams import built_from_config
-from prismrl.optim import decay_groups, warmup_cosine_scheduler
+from prismrl.lightning_modules.plumbing import StageModule, built_from_config
+from prismrl.choices import check_positive_float
+from prismrl.optim import OptimizerSettings, adamw_with_schedule
 
 
 def normalize_answer(text: str) -> str:
@@ -49,7 +48,7 @@ def token_correct(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(-1)[where] == labels[where]).float()
 
 
-class VisionLanguageSFTModule(LightningModule):
+class VisionLanguageSFTModule(StageModule):
     """vision encoder -> Perceiver resampler -> projector -> answer decoder, trained on answer tokens only.
 
     Args:
@@ -64,10 +63,11 @@ class VisionLanguageSFTModule(LightningModule):
             the ``VisualPrefix`` (prefix length = num_latents).
         text_dropout: probability of dropping each question word in training.
         max_new_tokens: generation budget in validation (None = the decoder's default).
-        question_types: per-type exact-match metrics (default: the datamodule's ``question_types``).
-        lr: resampler / projector; decoder_lr: the decoder's trainable weights (default lr);
-        encoder_lr: the vision encoder when not frozen; weight_decay, betas, warmup_ratio, min_lr_ratio: AdamW
-            with a per-step warmup-cosine schedule.
+        question_types: per-type exact-match metrics (``prismrl fit`` links the datamodule's ``question_types``
+            here; None = overall metrics only).
+        optimizer: AdamW with a per-step warmup-cosine schedule; ``optimizer.lr`` trains the resampler and
+            projector, ``optimizer.encoder_lr`` the vision encoder when it is not frozen.
+        decoder_lr: the decoder's trainable weights (None = ``optimizer.lr``).
     """
 
     def __init__(
@@ -86,13 +86,8 @@ class VisionLanguageSFTModule(LightningModule):
         text_dropout: float = 0.0,
         max_new_tokens: int | None = None,
         question_types: list[str] | None = None,
-        lr: float = 1e-3,
+        optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3, encoder_lr=1e-5, weight_decay=0.01, warmup_ratio=0.1),
         decoder_lr: float | None = None,
-        encoder_lr: float = 1e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.1,
-        min_lr_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["vision_encoder", "decoder"])
@@ -101,6 +96,9 @@ class VisionLanguageSFTModule(LightningModule):
                             f"received {type(decoder).__name__}")
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout: expected a probability in [0, 1), received {text_dropout!r}")
+        if decoder_lr is not None:
+            check_positive_float("decoder_lr", decoder_lr)
+        self.optimizer_settings = optimizer
         if alignment_checkpoint is not None:
             load_aligned_vision(vision_encoder, alignment_checkpoint)
         self.visual = VisualPrefix(
@@ -108,7 +106,7 @@ class VisionLanguageSFTModule(LightningModule):
             resampler_head_dim, projector_hidden_dim, use_aligned_embedding, freeze_vision,
         )
         self.decoder = decoder
-        self.question_types = list(question_types) if question_types else None
+        self.question_types = list(question_types or [])
         self.metrics = nn.ModuleDict()
 
     # ----- inference API -----
@@ -135,16 +133,10 @@ class VisionLanguageSFTModule(LightningModule):
 
     # ----- training -----
     def setup(self, stage: str) -> None:
-        if self.question_types is None:
-            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            self.question_types = list(getattr(datamodule, "question_types", None) or [])
         for stage_name in ("val", "test"):
             for name in ["loss", "token_acc", "exact_match", *(f"exact_match_{t}" for t in self.question_types)]:
                 if f"{stage_name}_{name}" not in self.metrics:
                     self.metrics[f"{stage_name}_{name}"] = MeanMetric().to(self.device)
-
-    def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)  # exact mid-epoch resume despite estimated_stepping_batches
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         p = self.hparams.text_dropout
@@ -188,22 +180,20 @@ class VisionLanguageSFTModule(LightningModule):
 
     # ----- optimization -----
     def configure_optimizers(self):
-        hp = self.hparams
+        """AdamW over three groups (each split into decayed / undecayed): resampler + projector at ``optimizer.lr``,
+        decoder at ``decoder_lr`` (default ``optimizer.lr``), vision encoder at ``optimizer.encoder_lr``."""
+        settings = self.optimizer_settings
         vision = {id(p) for p in self.visual.vision_encoder.parameters()}
         decoder = {id(p) for p in self.decoder.parameters()}
         named = list(self.named_parameters())
-        no_decay = ("bias", "norm", "latents", "position", "y_init", "z_init")
-        groups = (
-            decay_groups([(n, p) for n, p in named if id(p) not in vision | decoder], hp.weight_decay, hp.lr, no_decay)
-            + decay_groups([(n, p) for n, p in named if id(p) in decoder], hp.weight_decay, hp.decoder_lr or hp.lr, no_decay)
-            + decay_groups([(n, p) for n, p in named if id(p) in vision], hp.weight_decay, hp.encoder_lr, no_decay)
-        )
-        if not groups:
-            raise ValueError("VisionLanguageSFTModule: no trainable parameters")
-        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine_scheduler(optimizer, total, hp.warmup_ratio, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        lr_groups = [
+            ([(n, p) for n, p in named if id(p) not in vision | decoder], settings.lr),
+            ([(n, p) for n, p in named if id(p) in decoder], self.hparams.decoder_lr or settings.lr),
+            ([(n, p) for n, p in named if id(p) in vision], settings.encoder_learning_rate),
+        ]
+        return adamw_with_schedule(settings, lr_groups, int(self.trainer.estimated_stepping_batches),
+                                   no_decay_names=("bias", "norm", "latents", "position", "y_init", "z_init"),
+                                   owner="VisionLanguageSFTModule")
 
 
 __all__ = ["VisionLanguageSFTModule", "exact_match", "normalize_answer", "token_correct"]

@@ -9,11 +9,15 @@ from prismrl.losses.contrastive import (
     build_contrastive_loss,
 )
 from prismrl.losses.gather import gather_features, rank_and_world
-from prismrl.losses.multimodal import MultimodalLossOutput, multimodal_contrastive_loss, pair_name
 from prismrl.losses.matryoshka import (
     MatryoshkaContrastiveLoss,
     MatryoshkaLossOutput,
     validate_matryoshka_dims,
+)
+from prismrl.losses.multimodal import (
+    MultimodalLossOutput,
+    multimodal_contrastive_loss,
+    pair_name,
 )
 
 __all__ = [

@@ -73,8 +73,8 @@ class ContrastiveLoss(nn.Module):
         (both None when no mask was given) and the normalizer n_valid_global / world."""
         for name, x in (("image_features", image_features), ("text_features", text_features)):
             if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
-                got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-                raise ValueError(f"{name}: expected a float tensor of shape [B, D], received {got}")
+                received = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"{name}: expected a float tensor of shape [B, D], received {received}")
         if image_features.shape != text_features.shape:
             raise ValueError(
                 "image_features/text_features: expected equal shapes [B, D], received "
@@ -86,8 +86,8 @@ class ContrastiveLoss(nn.Module):
         if pair_mask is None:
             return rank, None, None, float(batch)
         if not isinstance(pair_mask, Tensor) or pair_mask.dtype != torch.bool or tuple(pair_mask.shape) != (batch,):
-            got = f"{pair_mask.dtype} {tuple(pair_mask.shape)}" if isinstance(pair_mask, Tensor) else type(pair_mask)
-            raise ValueError(f"pair_mask: expected a bool tensor of shape [{batch}], received {got}")
+            received = f"{pair_mask.dtype} {tuple(pair_mask.shape)}" if isinstance(pair_mask, Tensor) else type(pair_mask)
+            raise ValueError(f"pair_mask: expected a bool tensor of shape [{batch}], received {received}")
         row_mask = pair_mask.to(image_features.device)
         col_mask = gather_features(row_mask.to(image_features.dtype), gather_with_grad=False) > 0.5  # [B * W]
         # n_valid_global is an integer, so n / world >= 1 / world whenever a pair is valid; with no valid

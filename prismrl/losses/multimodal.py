@@ -46,8 +46,8 @@ def _presence(name: str, masks: Mapping[str, Tensor | None], batch: int, device:
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (batch,):
-        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(f"presence[{name!r}]: expected a bool tensor of shape [{batch}], received {got}")
+        received = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"presence[{name!r}]: expected a bool tensor of shape [{batch}], received {received}")
     return mask.to(device)
 
 

@@ -2,5 +2,5 @@
 
 Nothing here imports Lightning, so the functions are testable in isolation and reusable outside prismrl's modules.
 Import from the submodules (``prismrl.rl.advantages``, ``prismrl.rl.policy_loss``, ``prismrl.rl.kl``,
-``prismrl.rl.logprobs``, ``prismrl.rl.value_loss``, ``prismrl.rl.rewards``, ``prismrl.rl.rollout``) to keep ``import prismrl`` light.
+``prismrl.rl.logprobs``, ``prismrl.rl.value_loss``, ``prismrl.rewards.functions``, ``prismrl.policy.rollout``) to keep ``import prismrl`` light.
 """

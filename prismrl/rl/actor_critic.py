@@ -8,8 +8,8 @@ Pure torch. One decision per example (a contextual bandit when T = 1):
     A   = G - V(s).detach()  (optionally normalized)
     L   = -mean(A * log pi(a | s)) + value_coef * mean((V(s) - G)^2) - entropy_coef * mean(H(pi))
 
-``discounted_returns`` is written here (not shared with ``prismrl.rl.advantages``) so that this file
-stays self-contained; it is the plain Monte-Carlo return with episode resets at done flags.
+Returns and advantage normalization are ``prismrl.rl.advantages.discounted_returns`` and ``whiten``
+(population variance).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from prismrl.choices import check_positive_int
+from prismrl.rl.advantages import discounted_returns, whiten
 
 
 @dataclass
@@ -57,11 +60,10 @@ class ActorCriticHead(nn.Module):
 
     def __init__(self, state_dim: int, num_actions: int, hidden_dim: int | None = None) -> None:
         super().__init__()
-        for name, value in (("state_dim", state_dim), ("num_actions", num_actions), ("hidden_dim", hidden_dim)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if num_actions < 2:
-            raise ValueError(f"num_actions: expected at least 2 actions, got {num_actions}")
+        check_positive_int("state_dim", state_dim)
+        check_positive_int("num_actions", num_actions, minimum=2)
+        if hidden_dim is not None:
+            check_positive_int("hidden_dim", hidden_dim)
         hidden = hidden_dim or state_dim
         self.state_dim, self.num_actions = state_dim, num_actions
         self.policy = _mlp(state_dim, hidden, num_actions)
@@ -72,7 +74,7 @@ class ActorCriticHead(nn.Module):
     def forward(self, state: Tensor, greedy: bool | None = None, actions: Tensor | None = None) -> ActorCriticOutput:
         """state ``[B, D]`` -> ActorCriticOutput; ``actions`` ``[B]`` evaluates given actions instead of choosing."""
         if state.dim() != 2 or state.shape[-1] != self.state_dim:
-            raise ValueError(f"state: expected shape [B, {self.state_dim}], got {tuple(state.shape)}")
+            raise ValueError(f"state: expected shape [B, {self.state_dim}], received {tuple(state.shape)}")
         logits = self.policy(state)  # [B, A]
         values = self.value(state).squeeze(-1)  # [B]
         log_pi = torch.log_softmax(logits.float(), dim=-1)  # [B, A]
@@ -81,55 +83,11 @@ class ActorCriticHead(nn.Module):
             with torch.no_grad():
                 actions = log_pi.argmax(-1) if greedy else torch.multinomial(log_pi.exp(), 1).squeeze(-1)  # [B]
         elif actions.shape != state.shape[:1] or actions.dtype != torch.long:
-            raise ValueError(f"actions: expected a long tensor of shape [{state.shape[0]}], got {actions.dtype} {tuple(actions.shape)}")
+            raise ValueError(f"actions: expected a long tensor of shape [{state.shape[0]}], received {actions.dtype} {tuple(actions.shape)}")
         log_probs = log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [B]
         entropy = -(log_pi.exp() * log_pi).sum(-1)  # [B]
         reasoned = state + self.action_embedding(actions)  # [B, D]
         return ActorCriticOutput(logits, values, actions, log_probs, entropy, reasoned)
-
-
-def discounted_returns(rewards: Tensor, dones: Tensor | None, gamma: float, bootstrap: Tensor | None = None) -> Tensor:
-    """Monte-Carlo returns ``[B, T]``: ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}``, ``G_T = bootstrap``.
-
-    ``done_t`` marks the last step of an episode (nothing after it flows back into ``G_t``); ``bootstrap``
-    ``[B]`` is the value estimate after the last step (default 0). With T = 1 and no bootstrap, G = r.
-    """
-    if rewards.dim() != 2:
-        raise ValueError(f"rewards: expected shape [B, T], got {tuple(rewards.shape)}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma: expected a float in [0, 1], got {gamma!r}")
-    if dones is None:
-        dones = torch.zeros_like(rewards, dtype=torch.bool)
-    if dones.shape != rewards.shape:
-        raise ValueError(f"dones: expected shape {tuple(rewards.shape)} (= rewards), got {tuple(dones.shape)}")
-    running = rewards.new_zeros(rewards.shape[0]) if bootstrap is None else bootstrap.to(rewards.dtype)  # [B]
-    if running.shape != rewards.shape[:1]:
-        raise ValueError(f"bootstrap: expected shape [{rewards.shape[0]}], got {tuple(running.shape)}")
-    keep = 1.0 - dones.to(rewards.dtype)  # [B, T]
-    returns = torch.empty_like(rewards)
-    for t in range(rewards.shape[1] - 1, -1, -1):
-        running = rewards[:, t] + gamma * keep[:, t] * running
-        returns[:, t] = running
-    return returns
-
-
-def normalize_advantages(advantages: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-    """``(A - mean) / (std + eps)`` over the entries where ``mask`` is True (population std).
-
-    Entries outside the mask are returned as 0. With fewer than 2 valid entries the advantages are
-    returned unchanged (a single sample has no spread; centring it would zero its gradient).
-    """
-    if mask is None:
-        mask = torch.ones_like(advantages, dtype=torch.bool)
-    if mask.shape != advantages.shape:
-        raise ValueError(f"mask: expected shape {tuple(advantages.shape)} (= advantages), got {tuple(mask.shape)}")
-    mask = mask.bool()
-    count = int(mask.sum())
-    if count < 2:
-        return advantages * mask
-    valid = advantages[mask]
-    mean, std = valid.mean(), valid.std(unbiased=False)
-    return torch.where(mask, (advantages - mean) / (std + eps), torch.zeros_like(advantages))
 
 
 def actor_critic_losses(
@@ -151,18 +109,18 @@ def actor_critic_losses(
     """
     shape = log_probs.shape
     if log_probs.dim() != 1:
-        raise ValueError(f"log_probs: expected shape [B], got {tuple(shape)}")
+        raise ValueError(f"log_probs: expected shape [B], received {tuple(shape)}")
     for name, tensor in (("values", values), ("returns", returns), ("entropy", entropy)):
         if tensor.shape != shape:
-            raise ValueError(f"{name}: expected shape {tuple(shape)} (= log_probs), got {tuple(tensor.shape)}")
+            raise ValueError(f"{name}: expected shape {tuple(shape)} (= log_probs), received {tuple(tensor.shape)}")
     weights = torch.ones_like(log_probs) if mask is None else mask.to(log_probs.dtype)  # [B]
     if weights.shape != shape:
-        raise ValueError(f"mask: expected shape {tuple(shape)} (= log_probs), got {tuple(weights.shape)}")
+        raise ValueError(f"mask: expected shape {tuple(shape)} (= log_probs), received {tuple(weights.shape)}")
     count = weights.sum().clamp_min(1.0)
     returns = returns.detach().to(values.dtype)
     advantages = returns - values.detach()  # [B]
     if normalize:
-        advantages = normalize_advantages(advantages, weights > 0, eps)
+        advantages = whiten(advantages, weights > 0, unbiased=False, eps=eps)
     policy = -(advantages * log_probs * weights).sum() / count
     value = ((values - returns).pow(2) * weights).sum() / count
     mean_entropy = (entropy * weights).sum() / count
@@ -173,7 +131,7 @@ def actor_critic_losses(
 def match_rewards(actions: Tensor, labels: Tensor, wrong_action_reward: float = 0.0) -> Tensor:
     """Default reward ``[B]``: 1 where ``actions == labels``, else ``wrong_action_reward`` (e.g. -1 as a penalty)."""
     if actions.shape != labels.shape:
-        raise ValueError(f"labels: expected shape {tuple(actions.shape)} (= actions), got {tuple(labels.shape)}")
+        raise ValueError(f"labels: expected shape {tuple(actions.shape)} (= actions), received {tuple(labels.shape)}")
     correct = actions == labels
     return torch.where(correct, torch.ones_like(actions, dtype=torch.float32), torch.full_like(actions, wrong_action_reward, dtype=torch.float32))
 
@@ -185,10 +143,10 @@ def returns_from_rewards(rewards: Tensor, batch_size: int, gamma: float, dones: 
     action; its discounted return at t = 0 (``discounted_returns`` with optional ``dones [B, T]``).
     """
     if not isinstance(rewards, Tensor) or not rewards.is_floating_point():
-        raise TypeError(f"rewards: expected a float tensor of shape [B] or [B, T], got {type(rewards).__name__} "
+        raise TypeError(f"rewards: expected a float tensor of shape [B] or [B, T], received {type(rewards).__name__} "
                         f"{getattr(rewards, 'dtype', '')}")
     if rewards.dim() == 1 and rewards.shape[0] == batch_size:
         return rewards
     if rewards.dim() == 2 and rewards.shape[0] == batch_size:
         return discounted_returns(rewards, dones, gamma)[:, 0]
-    raise ValueError(f"rewards: expected shape [{batch_size}] or [{batch_size}, T], got {tuple(rewards.shape)}")
+    raise ValueError(f"rewards: expected shape [{batch_size}] or [{batch_size}, T], received {tuple(rewards.shape)}")

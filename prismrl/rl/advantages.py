@@ -15,6 +15,8 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from prismrl.choices import check_positive_int
+
 
 def check_shape(name: str, tensor: Tensor, expected: tuple[int, ...] | torch.Size) -> None:
     """Raise ValueError naming ``name`` unless ``tensor.shape == expected``."""
@@ -85,8 +87,7 @@ def group_normalized_advantages(
     """
     if not isinstance(scaling, AdvantageScaling):
         raise TypeError(f"scaling: expected an AdvantageScaling, received {scaling!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size: expected an int >= 2 (a group needs two completions), received {group_size!r}")
+    check_positive_int("group_size", group_size, minimum=2)  # a group needs two completions
     if not isinstance(rewards, Tensor):
         raise TypeError(f"rewards: expected a torch.Tensor, received {type(rewards).__name__}")
     if rewards.dim() == 2:
@@ -144,35 +145,43 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, returns
 
 
-def discounted_returns(rewards: Tensor, dones: Tensor, gamma: float) -> Tensor:
-    """G_t = r_t + gamma * (1 - done_t) * G_{t+1}, G_T = 0; [B, T] -> [B, T].
+def discounted_returns(rewards: Tensor, dones: Tensor | None, gamma: float, bootstrap: Tensor | None = None) -> Tensor:
+    """Monte-Carlo returns [B, T] -> [B, T]: G_t = r_t + gamma * (1 - done_t) * G_{t+1}, G_T = bootstrap.
 
-    ``done_t`` (bool or 0/1) marks the last step of an episode, so the sum restarts there. With
-    T = 1 (one-step contextual bandit) the returns are the rewards.
+    ``done_t`` (bool or 0/1; None = no episode ends) marks the last step of an episode, so the sum restarts
+    there; ``bootstrap`` [B] is the value estimate after the last step (default 0). With T = 1 (one-step
+    contextual bandit) and no bootstrap the returns are the rewards.
     """
     if rewards.dim() != 2:
         raise ValueError(f"rewards: expected shape (B, T), received {tuple(rewards.shape)}")
-    check_shape("dones", dones, rewards.shape)
     check_discount("gamma", gamma)
     dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
     rewards = rewards.to(dtype)
-    keep = 1.0 - dones.to(dtype)  # [B, T]
-    returns = torch.zeros_like(rewards)  # [B, T]
+    keep = 1.0 - as_float_mask(dones, rewards, "dones") if dones is not None else torch.ones_like(rewards)  # [B, T]
     running = torch.zeros_like(rewards[:, 0])  # [B]
+    if bootstrap is not None:
+        check_shape("bootstrap", bootstrap, rewards.shape[:1])
+        running = bootstrap.to(dtype)
+    returns = torch.zeros_like(rewards)  # [B, T]
     for t in reversed(range(rewards.shape[1])):
         running = rewards[:, t] + gamma * keep[:, t] * running
         returns[:, t] = running
     return returns
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / sqrt(var + eps) over the masked entries (unbiased var); masked-out entries become 0.
+def whiten(
+    x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, unbiased: bool = True, eps: float = 1e-8
+) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over the masked entries; masked-out entries become 0.
 
-    With ``shift_mean=False`` the mean is added back: x' = (x - mean) / sqrt(var + eps) + mean.
+    var divides by n - 1 (``unbiased``, PPO's whitening) or by n (the population variance, actor-critic).
+    With ``shift_mean=False`` the mean is added back: x' = (x - mean) / sqrt(var + eps) + mean. Fewer than
+    2 masked entries have no spread and are returned unchanged (centring one sample would zero it).
     """
     m = as_float_mask(mask, x)
-    mean, var = masked_mean(x, m), masked_var(x, m)
+    mean, var = masked_mean(x, m), masked_var(x, m, unbiased)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
+    out = torch.where(m.sum() >= 2, out, x)
     return torch.where(m.bool(), out, torch.zeros((), dtype=out.dtype, device=out.device))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from prismrl.choices import check_positive_int
 from prismrl.rl.advantages import check_shape
 
 CPU_CHUNK_BYTES = 16 * 2**20  # float32 bytes per block on CPU
@@ -50,9 +51,7 @@ def _blocks(batch: int, time: int, rows: int) -> Iterator[tuple[slice, slice]]:
 def _resolve_chunk(chunk_size: int | None, logits: Tensor) -> int:
     if chunk_size is None:
         return default_chunk_size(logits.shape[-1], logits.device)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int (rows per block) or None, received {chunk_size!r}")
-    return chunk_size
+    return check_positive_int("chunk_size", chunk_size)
 
 
 def _compute_dtype(logits: Tensor) -> torch.dtype:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from prismrl.choices import check_positive_int
 from prismrl.rl.advantages import as_float_mask, check_shape, masked_mean, masked_sum
 from prismrl.rl.kl import KLEstimator, kl_penalty
 
@@ -180,14 +181,9 @@ def aggregate_loss(
         raise TypeError(f"mode: expected a LossAggregation, received {mode!r}")
     if per_token.dim() != 2:
         raise ValueError(f"per_token: expected shape (B, T), received {tuple(per_token.shape)}")
-    if max_completion_length is not None and (
-        isinstance(max_completion_length, bool)
-        or not isinstance(max_completion_length, int)
-        or max_completion_length < 1
-    ):
-        raise ValueError(f"max_completion_length: expected a positive int or None, received {max_completion_length!r}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size: expected a positive int, received {world_size!r}")
+    if max_completion_length is not None:
+        check_positive_int("max_completion_length", max_completion_length)
+    check_positive_int("world_size", world_size)
     m = as_float_mask(mask, per_token)  # [B, T]
     return LOSS_AGGREGATIONS[mode](per_token, m, _Normalizers(max_completion_length, global_token_count, world_size))
 

@@ -8,6 +8,8 @@ from prismrl.backbones.causal_lm import (
     resolve_attn_implementation,
     resolve_dtype,
 )
+from prismrl.backbones.shipped import split_tiny_config
+from prismrl.backbones.tokenizers import load_smollm2_tokenizer, tiny_llama_config
 
 
 def test_shipped_smollm2_loads_from_cache_and_answers():
@@ -24,10 +26,12 @@ def test_shipped_smollm2_loads_from_cache_and_answers():
     assert "Paris" in answer  # real weights, not a random init
 
 
-@pytest.mark.parametrize("family,cls", [("qwen2_vl", "Qwen2VLForConditionalGeneration"), ("llama", "LlamaForCausalLM")])
-def test_tiny_config_matches_tokenizer(family, cls):
-    model, tokenizer = load_causal_lm(tiny_config={"model_type": family}, torch_dtype="bfloat16")
-    assert type(model).__name__ == cls
+def test_random_init_from_a_built_config_matches_its_tokenizer():
+    tokenizer = load_smollm2_tokenizer()
+    config = tiny_llama_config(tokenizer, num_hidden_layers=1)
+    model, returned = load_causal_lm(config=config, tokenizer=tokenizer, torch_dtype="bfloat16")
+    assert type(model).__name__ == "LlamaForCausalLM" and returned is tokenizer
+    assert model.config.num_hidden_layers == 1
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     assert next(model.parameters()).dtype == torch.bfloat16
 
@@ -39,10 +43,16 @@ def test_bad_arguments_are_named():
         resolve_dtype("fp8")
     with pytest.raises(ValueError, match="quantization"):
         quantization_config("3bit", None)
+    tokenizer = load_smollm2_tokenizer()
+    config = tiny_llama_config(tokenizer)
+    with pytest.raises(ValueError, match="exactly one"):
+        load_causal_lm(SMOLLM2_ALIAS, config=config, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="quantization"):
-        load_causal_lm(tiny_config={"model_type": "llama"}, quantization="8bit")
-    with pytest.raises(ValueError, match="family"):
-        load_causal_lm(tiny_config={"model_type": "gpt9"})
+        load_causal_lm(config=config, tokenizer=tokenizer, quantization="8bit")
+    with pytest.raises(ValueError, match="tokenizer: a random-init config model needs"):
+        load_causal_lm(config=config)
+    with pytest.raises(ValueError, match="tiny_config.model_type: expected one of llama, received 'gpt9'"):
+        split_tiny_config({"model_type": "gpt9"}, ("llama",))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU fallback behaviour")

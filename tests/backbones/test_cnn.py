@@ -38,7 +38,7 @@ def test_pretrained_weights_are_the_shipped_ones(pretrained):
 
 
 def test_too_small_and_wrong_shape(pretrained):
-    with pytest.raises(ValueError, match="min_image_size=32, got 16x64"):
+    with pytest.raises(ValueError, match="min_image_size=32, received 16x64"):
         pretrained(torch.randn(1, 3, 16, 64))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         pretrained(torch.randn(3, 64, 64))

@@ -5,7 +5,12 @@ import torch
 from jsonargparse import ArgumentParser
 from peft import PeftModel
 
-from prismrl.backbones import EfficientNetLiteEncoder, EmbeddingTower, HFTextEncoder, HFVisionEncoder
+from prismrl.backbones import (
+    EfficientNetLiteEncoder,
+    EmbeddingTower,
+    HFTextEncoder,
+    HFVisionEncoder,
+)
 
 TEXT_TOWER = """
 tower:

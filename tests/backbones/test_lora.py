@@ -2,7 +2,12 @@ import pytest
 import torch
 from peft import PeftModel
 
-from prismrl.backbones import HFTextEncoder, HFVisionEncoder, LoraSettings, count_parameters
+from prismrl.backbones import (
+    HFTextEncoder,
+    HFVisionEncoder,
+    LoraSettings,
+    count_parameters,
+)
 from prismrl.backbones.lora import all_linear_names
 
 from .conftest import tiny_text_config, tiny_vision_config

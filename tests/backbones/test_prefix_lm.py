@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prismrl.backbones.answer_masking import positions_from_mask
 from prismrl.backbones.lora import LoraSettings
 from prismrl.backbones.prefix_lm import PrefixLMDecoder
-from prismrl.data.answer_masking import positions_from_mask
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
-"""The tiny recursive decoder: the recursion against a naive loop, a tiny task learned in seconds, generation."""
+"""The tiny recursive decoder: the recursion against a naive loop, a tiny task learned, generation."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrl.backbones.answer_masking import IGNORE_INDEX
 from prismrl.backbones.recursive_decoder import RecursiveDecoder, RecursiveReasoner
 
 
@@ -54,7 +53,7 @@ def test_every_supervision_step_refines_the_same_state():
     assert not torch.allclose(states[0], states[1])  # step 2 continues from step 1's (detached) y, z
 
 
-def test_learns_a_tiny_task_to_high_accuracy_in_seconds():
+def test_learns_a_tiny_task_to_high_accuracy():
     """Answer slot 0 = the third input token, slot 1 = the largest input token (vocab 10, 4 inputs)."""
     torch.manual_seed(0)
     vocab, dim = 10, 32
@@ -68,7 +67,6 @@ def test_learns_a_tiny_task_to_high_accuracy_in_seconds():
         x = torch.randint(0, vocab, (n, 4))
         return x, torch.stack([x[:, 2], x.max(dim=1).values], dim=1)  # [n, 2]
 
-    start = time.perf_counter()
     for _ in range(250):
         x, y = task(128)
         steps = reasoner(embed(x) + position)
@@ -80,7 +78,6 @@ def test_learns_a_tiny_task_to_high_accuracy_in_seconds():
     with torch.no_grad():
         accuracy = (head(reasoner(embed(x) + position)[-1]).argmax(-1) == y).all(dim=1).float().mean().item()
     assert accuracy > 0.95, accuracy
-    assert time.perf_counter() - start < 60
 
 
 def test_decoder_generate_reads_the_last_step_and_stops_at_eos():
@@ -105,7 +102,7 @@ def test_decoder_generate_reads_the_last_step_and_stops_at_eos():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="n_latent: expected a positive int"):
+    with pytest.raises(ValueError, match="n_latent: expected an int >= 1"):
         RecursiveReasoner(dim=8, answer_length=2, num_heads=2, n_latent=0)
     with pytest.raises(ValueError, match="num_heads: must divide dim=8"):
         RecursiveReasoner(dim=8, answer_length=2, num_heads=3)
@@ -120,7 +117,7 @@ def test_answer_vocabulary_restricts_the_head_and_maps_back_to_tokens():
     assert decoder.output_ids.tolist() == [2, 10407, 16114, 27867] and decoder.head[1].out_features == 4
     assert decoder.labels(["seven", "yes"], 2).tolist() == [[3, 0, -100], [1, 0, -100]]  # head indices
     out = decoder(torch.randn(2, 4, 16), ["q", "q"], ["odd", "seven"])
-    assert out.logits.shape == (2, 3, 4) and out.labels.tolist() == [[2, 0, -100], [3, 0, -100]]
+    assert out.logits.shape == (2, 3, 4) and out.labels.tolist() == [[2, 0, IGNORE_INDEX], [3, 0, IGNORE_INDEX]]
     with torch.no_grad():
         decoder.head[1].weight.zero_()
         decoder.head[1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 9.0]))

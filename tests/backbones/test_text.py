@@ -108,7 +108,7 @@ def test_load_from_saved_folder(tmp_path):
 
 
 def test_vocab_mismatch_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"tiny_config.vocab_size: expected >= 30522 .* got 100"):
+    with pytest.raises(ValueError, match=r"tiny_config.vocab_size: expected >= 30522 .* received 100"):
         HFTextEncoder(tiny_config=tiny_text_config("bert", vocab_size=100))
 
 

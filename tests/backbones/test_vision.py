@@ -54,7 +54,9 @@ def test_fixed_size_models_name_image_size(model_type):
 
 
 def test_patchify_matches_the_siglip2_processor_layout():
-    from transformers.models.siglip2.image_processing_pil_siglip2 import convert_image_to_patches
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        convert_image_to_patches,
+    )
 
     x = torch.randn(2, 3, 16, 24)
     patches = patchify(x, 8)

@@ -39,7 +39,7 @@ def test_freeze_keeps_the_encoder_fixed_and_in_eval_mode():
     out = prefix(torch.randn(1, 3, 32, 32))
     out.sum().backward()
     assert all(p.grad is None for p in prefix.vision_encoder.parameters())
-    assert prefix.resampler.latents.grad is not None
+    assert prefix.resampler.latents.grad is not None and prefix.resampler.latents.grad.abs().sum() > 0
 
 
 def test_load_aligned_vision_into_a_tower_or_its_bare_encoder(tmp_path):

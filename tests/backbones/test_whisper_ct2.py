@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from prismrl.backbones.audio import WhisperAudioEncoder
-from prismrl.backbones.whisper_ct2 import convert_ct2_whisper, read_ct2_variables, whisper_encoder_state_dict
+from prismrl.backbones.whisper_ct2 import (
+    convert_ct2_whisper,
+    read_ct2_variables,
+    whisper_encoder_state_dict,
+)
 
 TINY = {"model_type": "whisper", "num_mel_bins": 16, "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 4,
         "encoder_ffn_dim": 48, "max_source_positions": 40}

@@ -22,8 +22,8 @@ from prismrl.data.batches import ImageTextBatch
         ({"methods": ["pca", "umap"]}, r"methods.*\['umap'\]"),
         ({"methods": []}, "methods must be a non-empty list"),
         ({"methods": "pca"}, "methods must be a non-empty list"),
-        ({"every_n_epochs": 0}, "every_n_epochs must be an int >= 1, got 0"),
-        ({"num_samples": 1}, "num_samples must be an int >= 2, got 1"),
+        ({"every_n_epochs": 0}, "every_n_epochs: expected an int >= 1, received 0"),
+        ({"num_samples": 1}, "num_samples: expected an int >= 2, received 1"),
         ({"filename": "a/b"}, "filename"),
     ],
 )
@@ -77,7 +77,7 @@ def test_collect_fixed_subset_takes_the_first_samples_in_order():
     assert subset.pixel_values[:, 0, 0, 0].tolist() == [0, 0, 0, 0, 0, 1, 1]
     unlabeled = collect_fixed_subset([ImageTextBatch(torch.zeros(3, 3, 2, 2), ["a", "b", "c"])], 10)
     assert unlabeled.labels.tolist() == [-1, -1, -1]
-    with pytest.raises(TypeError, match="ImageTextBatch, got dict"):
+    with pytest.raises(TypeError, match="ImageTextBatch, received dict"):
         collect_fixed_subset([{"pixel_values": torch.zeros(2)}], 4)
 
 

@@ -5,7 +5,13 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
-from prismrl.callbacks.plotting import figure_to_rgb, log_figure, new_figure, run_dir, save_png_atomic
+from prismrl.evaluation.plotting import (
+    figure_to_rgb,
+    log_figure,
+    new_figure,
+    run_dir,
+    save_png_atomic,
+)
 
 
 def test_new_figure_gives_row_major_axes_without_pyplot():

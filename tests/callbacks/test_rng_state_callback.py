@@ -11,7 +11,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prismrl.callbacks import RNGStateCallback
-from prismrl.callbacks.rng_state import CHECKPOINT_KEY, collect_rng_state, restore_rng_state
+from prismrl.callbacks.rng_state import (
+    CHECKPOINT_KEY,
+    collect_rng_state,
+    restore_rng_state,
+)
 
 
 def _draws() -> tuple[float, float, torch.Tensor]:

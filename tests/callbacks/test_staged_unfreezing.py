@@ -11,8 +11,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from prismrl.callbacks.rng_state import RNGStateCallback
-from prismrl.callbacks.staged_unfreezing import Stage, StagedUnfreezing, extend_scheduler, parse_stages
-from prismrl.data.loaders import ResumableDataLoader, load_pending_dataloader_states
+from prismrl.callbacks.staged_unfreezing import (
+    Stage,
+    StagedUnfreezing,
+    extend_scheduler,
+    parse_stages,
+)
+from prismrl.data.loaders import ResumableDataLoader
+from prismrl.lightning_modules.plumbing import restore_pending_dataloader_states
 from prismrl.optim import decay_groups, warmup_cosine_factor, warmup_cosine_scheduler
 
 STEPS_PER_EPOCH, EPOCHS, WARMUP = 4, 6, 2
@@ -61,7 +67,7 @@ class ToyFusion(pl.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
-        load_pending_dataloader_states(self.trainer)
+        restore_pending_dataloader_states(self.trainer)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:  # runs after the callbacks' hook
         if self.current_epoch in self.history:

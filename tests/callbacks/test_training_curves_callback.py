@@ -29,7 +29,7 @@ def test_scalar_metrics_normalizes_names_and_splits_stages():
 
 
 def test_bad_arguments_and_state_raise():
-    with pytest.raises(ValueError, match="filename_curves must be a '\\*.png' file name, got 'curves.jpg'"):
+    with pytest.raises(ValueError, match="filename_curves must be a '\\*.png' file name, received 'curves.jpg'"):
         TrainingCurvesCallback(filename_curves="curves.jpg")
     with pytest.raises(ValueError, match="loss_component_prefix"):
         TrainingCurvesCallback(loss_component_prefix="")

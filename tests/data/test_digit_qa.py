@@ -13,6 +13,7 @@ from PIL import Image
 
 from prismrl.data.digit_qa import QUESTION_TYPES, answer_for, ensure_digit_qa
 from prismrl.data.qa import ImageQABatch
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.digit_qa import DigitQADataModule, ParquetQADataModule
 
 
@@ -63,7 +64,7 @@ def test_build_is_deterministic_and_keyed_by_settings(built, tmp_path):
 
 def test_datamodule_batches_and_exact_resume(built):
     root = str(built.root.parent.parent)  # the fixture's cache root: no second build
-    dm = DigitQADataModule(root=root, batch_size=8, image_size=32)
+    dm = DigitQADataModule(root=root, loader=LoaderSettings(batch_size=8), image_size=32)
     dm.prepare_data()
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -78,7 +79,7 @@ def test_datamodule_batches_and_exact_resume(built):
     for question, answer, kind, label in zip(first.questions, first.answers, first.question_types, first.labels.tolist()):
         assert answer == answer_for(label, kind) and question in QUESTION_TYPES[kind][0]
     state = {"epoch": 0, "batches_done": 2}
-    resumed = DigitQADataModule(root=root, batch_size=8, image_size=32).train_dataloader()
+    resumed = DigitQADataModule(root=root, loader=LoaderSettings(batch_size=8), image_size=32).train_dataloader()
     resumed.load_state_dict(state)
     again = [b for _, b in zip(range(2), resumed)]
     assert [b.sample_ids for b in again] == [b.sample_ids for b in batches[2:4]]
@@ -91,12 +92,12 @@ def test_parquet_qa_datamodule_errors(built, tmp_path):
         ParquetQADataModule(str(built.train_parquet), str(built.val_parquet), answer_column="reply").setup("fit")
     with pytest.raises(FileNotFoundError, match="val_path: no Parquet file"):
         ParquetQADataModule(str(built.train_parquet), str(tmp_path / "missing.parquet")).setup("fit")
-    with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
-        ParquetQADataModule(str(built.train_parquet), str(built.val_parquet), batch_size=0)
+    with pytest.raises(ValueError, match="loader.batch_size: expected an int >= 1"):
+        ParquetQADataModule(str(built.train_parquet), str(built.val_parquet), loader=LoaderSettings(batch_size=0))
     table = pq.read_table(built.val_parquet).slice(0, 4)
     empty = table.set_column(table.schema.get_field_index("answer"), "answer", [["seven", " ", "odd", "no"]])
     pq.write_table(empty, tmp_path / "empty.parquet")
-    dm = ParquetQADataModule(str(tmp_path / "empty.parquet"), str(tmp_path / "empty.parquet"), batch_size=2)
+    dm = ParquetQADataModule(str(tmp_path / "empty.parquet"), str(tmp_path / "empty.parquet"), loader=LoaderSettings(batch_size=2))
     dm.setup("fit")
     with pytest.raises(ValueError, match="row 1 of empty.parquet: column 'answer' is empty"):
         dm.val_dataset[1]

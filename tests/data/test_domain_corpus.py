@@ -6,15 +6,14 @@ import json
 
 import pytest
 
+from prismrl.backbones.masked_lm import load_domain_tokenizer, validate_domain_tokens
 from prismrl.data.domain_corpus import (
     ensure_domain_corpus,
     lee_documents,
-    load_domain_tokenizer,
     pack_passages,
     paragraphs,
     python_docs_documents,
     split_documents,
-    validate_domain_tokens,
     with_domain_prefix,
 )
 

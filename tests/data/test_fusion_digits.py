@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from prismrl.data.batches import ImageTextBatch
-from prismrl.data.fusion_digits import FusionDigitsConfig, degrade_digit, ensure_fusion_digits, make_hint
+from prismrl.data.fusion_digits import (
+    FusionDigitsConfig,
+    degrade_digit,
+    ensure_fusion_digits,
+    make_hint,
+)
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.fusion import FusionDigitsDataModule
 
 
@@ -95,7 +101,7 @@ def test_fusion_beats_text_alone_and_image_alone(built):
 
 
 def test_datamodule_yields_image_text_batches(tmp_path):
-    datamodule = FusionDigitsDataModule(root=str(tmp_path), batch_size=8, image_size=24)
+    datamodule = FusionDigitsDataModule(root=str(tmp_path), loader=LoaderSettings(batch_size=8), image_size=24)
     datamodule.prepare_data()
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))

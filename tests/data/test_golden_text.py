@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from prismrl.data.golden_text import GoldenTextSet, load_golden_texts, read_labelled_lines, split_golden
+from prismrl.data.golden_text import (
+    GoldenTextSet,
+    load_golden_texts,
+    read_labelled_lines,
+    split_golden,
+)
 
 
 def test_shipped_movie_sentiment_set_is_real_and_balanced():

@@ -5,7 +5,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, DistributedSampler
 
-from prismrl.data.loaders import ResumableDataLoader, ResumableSampler, block_shuffle
+from prismrl.data.loaders import LoaderSettings, ResumableDataLoader, ResumableSampler, block_shuffle
 
 
 class CountingDataset(Dataset):
@@ -177,3 +177,17 @@ def test_lightning_can_swap_in_its_own_sampler_for_overfit_batches(tmp_path):
     first, second = list(range(16)), list(range(16, 32))
     assert model.seen == [first, second, first, second]
     assert trainer.train_dataloader.state_dict()["batches_done"] == 2
+
+
+def test_loader_settings_validate_and_default_the_eval_batch_size(tmp_path):
+    assert LoaderSettings(batch_size=8).eval_batch_size == 8
+    settings = LoaderSettings(batch_size=8, val_batch_size=3, num_workers=2, pin_memory=True)
+    assert settings.eval_batch_size == 3 and settings.worker_kwargs() == {"num_workers": 2, "pin_memory": True}
+    for kwargs, message in (({"batch_size": 0}, "loader.batch_size: expected an int >= 1, received 0"),
+                            ({"val_batch_size": 2.5}, "loader.val_batch_size: expected an int >= 1, received 2.5"),
+                            ({"num_workers": -1}, "loader.num_workers: expected an int >= 0, received -1"),
+                            ({"pin_memory": "yes"}, "loader.pin_memory: expected a bool, received 'yes'")):
+        with pytest.raises(ValueError, match=message):
+            LoaderSettings(**kwargs)
+    torch.save({"loader": settings}, tmp_path / "hparams.pt")  # as in a checkpoint of a DataModule built in Python
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["loader"] == settings

@@ -4,16 +4,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from prismrl.data.adapters.base import IMAGE_PLACEHOLDER
 from prismrl.data.prompt_tasks import (
     DIGIT_VQA_PROMPT,
-    TASKS,
     arithmetic_records,
-    arithmetic_reward,
     digit_vqa_records,
-    get_task,
 )
-from prismrl.rl.rewards import ExactMatchReward, score_completions
+from prismrl.data.records import IMAGE_PLACEHOLDER
+from prismrl.rewards.functions import ExactMatchReward, score_completions
+from prismrl.rewards.tasks import TASKS, arithmetic_reward, get_task
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +81,7 @@ def test_arithmetic_reward_by_hand():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(split="test"), "split: expected one of \\('train', 'val'\\), got 'test'"),
+        (dict(split="test"), "split: expected one of \\('train', 'val'\\), received 'test'"),
         (dict(split="train", operations=("/",)), "operations: expected a non-empty list"),
         (dict(split="train", num_examples=0), "num_examples: expected an int >= 1"),
         (dict(split="train", max_operand=0), "max_operand: expected an int >= 1"),
@@ -97,9 +95,9 @@ def test_arithmetic_errors(kwargs, message):
 def test_registry():
     assert set(TASKS) == {"digit_vqa", "arithmetic"}
     assert len(get_task("arithmetic").records("val", num_examples=7)) == 7
-    with pytest.raises(ValueError, match="task: expected one of \\['arithmetic', 'digit_vqa'\\], got 'chess'"):
+    with pytest.raises(ValueError, match="task: expected one of \\['arithmetic', 'digit_vqa'\\], received 'chess'"):
         get_task("chess")
-    with pytest.raises(ValueError, match="task_kwargs: arithmetic_records accepts .*num_examples.*, got unknown"):
+    with pytest.raises(ValueError, match="task_kwargs: arithmetic_records accepts .*num_examples.*, received unknown"):
         get_task("arithmetic").records("train", image_size=8)
     with pytest.raises(ValueError, match="image_size: expected an int >= 8"):
         digit_vqa_records("train", image_size=4)
@@ -109,12 +107,11 @@ def test_digit_vqa_records_drive_a_tiny_qwen2_vl_rollout(digit_splits):
     import torch
     import transformers as tf
 
-    from prismrl.backbones.tokenizers import load_smollm2_tokenizer, tiny_vlm_config
-    from prismrl.data.adapters import adapter_for, split_completions
+    from prismrl.policy.adapters import adapter_for, split_completions, tiny_policy_config
 
-    tokenizer = load_smollm2_tokenizer()
+    config, tokenizer = tiny_policy_config({"model_type": "qwen2_vl"})
     torch.manual_seed(0)
-    model = tf.AutoModelForImageTextToText.from_config(tiny_vlm_config("qwen2_vl", tokenizer)).eval()
+    model = tf.AutoModelForImageTextToText.from_config(config).eval()
     adapter = adapter_for(model, tokenizer, min_pixels=28 * 28, max_pixels=56 * 56)
     records = digit_splits[1][:3]
     batch = adapter.build_prompts([r.prompt for r in records], [r.images for r in records])

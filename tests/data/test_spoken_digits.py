@@ -15,7 +15,13 @@ from scipy.io import wavfile
 
 from prismrl.data.audio import decode_wav, encode_wav, pad_waveforms, unpad_waveforms
 from prismrl.data.digits import DIGIT_NAMES
-from prismrl.data.spoken_digits import clip_bytes, clips_by_digit, load_clip, spoken_digit_clips, spoken_digit_voices
+from prismrl.data.spoken_digits import (
+    clip_bytes,
+    clips_by_digit,
+    load_clip,
+    spoken_digit_clips,
+    spoken_digit_voices,
+)
 from prismrl.data.trimodal_digits import TriModalDigitsConfig, ensure_trimodal_digits
 
 

@@ -11,6 +11,7 @@ from scipy.io import wavfile
 
 from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.webdataset import WebDataModule
+from prismrl.data.loaders import LoaderSettings
 
 
 def _wav(seconds: float, rate: int, channels: int = 1) -> bytes:
@@ -35,7 +36,8 @@ def _rows(writers, n: int = 16) -> list[dict]:
 
 def _parquet(writers, tmp_path, rows, **kwargs) -> ParquetDataModule:
     path = writers.write_parquet(tmp_path / "train.parquet", rows)
-    options = dict(val_path=str(path), batch_size=16, image_size=8, audio_column="audio", optional_captions=True)
+    options = dict(val_path=str(path), loader=LoaderSettings(batch_size=16), image_size=8, audio_column="audio",
+                   optional_captions=True)
     return ParquetDataModule(str(path), **{**options, **kwargs})
 
 
@@ -55,7 +57,7 @@ def test_parquet_batches_carry_resampled_mono_audio_and_caption_masks(writers, t
 
 def test_parquet_without_audio_or_missing_captions_is_unchanged(writers, tmp_path):
     dm = ParquetDataModule(str(writers.write_parquet(tmp_path / "t.parquet", writers.make_rows(8))), val_fraction=0.5,
-                           batch_size=4, image_size=8)
+                           loader=LoaderSettings(batch_size=4), image_size=8)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert not batch.has_audio and batch.audio.numel() == 0 and batch.caption_mask.numel() == 0
@@ -88,13 +90,15 @@ def test_webdataset_samples_may_lack_wav_or_txt(writers, tmp_path):
             del sample["txt"]
         samples.append(sample)
     pattern = writers.write_shards(tmp_path, [samples], prefix="val")
-    dm = WebDataModule(train_shards=pattern, val_shards=pattern, batch_size=8, image_size=8, samples_per_epoch=8,
+    dm = WebDataModule(train_shards=pattern, val_shards=pattern, loader=LoaderSettings(batch_size=8), image_size=8,
+                       samples_per_epoch=8,
                        class_names=["a", "b", "c"], audio_key="wav", optional_captions=True)
     batch = next(iter(dm.val_dataloader()))
     assert batch.sample_ids == [f"k{i}" for i in range(8)]
     assert batch.audio_lengths.tolist() == [CLIPS[i % 4][1] for i in range(8)]
     assert batch.caption_mask.tolist() == [i % 5 != 0 for i in range(8)]
-    strict = WebDataModule(train_shards=pattern, val_shards=pattern, batch_size=8, image_size=8, samples_per_epoch=8,
+    strict = WebDataModule(train_shards=pattern, val_shards=pattern, loader=LoaderSettings(batch_size=8), image_size=8,
+                           samples_per_epoch=8,
                            class_names=["a", "b", "c"], audio_key="wav")
     with pytest.raises(ValueError, match="caption_key 'txt' is missing"):
         next(iter(strict.val_dataloader()))

@@ -7,6 +7,7 @@ from prismrl.data.batches import ImageTextBatch
 from prismrl.data.digits import DIGIT_NAMES, ZERO_SHOT_TEMPLATES
 from prismrl.data.loaders import ResumableDataLoader, ResumableSampler
 from prismrl.datamodules import DigitsDataModule
+from prismrl.data.loaders import LoaderSettings
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def test_class_names_are_known_right_after_init(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
 def test_both_formats_give_image_text_batches(root, fmt):
-    dm = DigitsDataModule(format=fmt, root=root, batch_size=32, image_size=64)
+    dm = DigitsDataModule(format=fmt, root=root, loader=LoaderSettings(batch_size=32), image_size=64)
     dm.prepare_data()
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -60,7 +61,7 @@ class PixelModel(L.LightningModule):
 def fit(root, max_steps, fmt="parquet", callbacks=(), ckpt_path=None, **trainer_kwargs):
     torch.manual_seed(0)
     model = PixelModel()
-    dm = DigitsDataModule(format=fmt, root=root, batch_size=64, image_size=16, seed=3)
+    dm = DigitsDataModule(format=fmt, root=root, loader=LoaderSettings(batch_size=64), image_size=16, seed=3)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
                         limit_val_batches=0, default_root_dir=root, **trainer_kwargs)

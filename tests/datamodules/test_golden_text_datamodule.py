@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.golden_text import GoldenTextDataModule
 
 
 def test_splits_and_balanced_requests_with_epoch_dependent_ids():
-    data = GoldenTextDataModule(rollout_batch_size=4, iterations_per_epoch=3)
+    data = GoldenTextDataModule(loader=LoaderSettings(batch_size=4), iterations_per_epoch=3)
     data.setup("fit")
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (100, 50, 50)
     loader = data.train_dataloader()
@@ -21,13 +22,13 @@ def test_splits_and_balanced_requests_with_epoch_dependent_ids():
 
 
 def test_mid_epoch_state_resumes_at_the_next_batch():
-    data = GoldenTextDataModule(rollout_batch_size=2, iterations_per_epoch=4)
+    data = GoldenTextDataModule(loader=LoaderSettings(batch_size=2), iterations_per_epoch=4)
     loader = data.train_dataloader()
     loader.set_epoch(1)
     iterator = iter(loader)
     next(iterator), next(iterator)
     state = loader.state_dict()
-    fresh = GoldenTextDataModule(rollout_batch_size=2, iterations_per_epoch=4).train_dataloader()
+    fresh = GoldenTextDataModule(loader=LoaderSettings(batch_size=2), iterations_per_epoch=4).train_dataloader()
     fresh.load_state_dict(state)
     assert next(iter(fresh))["request_id"].tolist() == [12, 13]
 
@@ -43,5 +44,5 @@ def test_bad_golden_sets_fail_with_named_errors(tmp_path):
         GoldenTextDataModule(golden_file=str(tiny)).setup("fit")
     with pytest.raises(FileNotFoundError, match="golden_file"):
         GoldenTextDataModule(golden_file=str(tmp_path / "missing.txt")).setup("fit")
-    with pytest.raises(ValueError, match="rollout_batch_size: expected a positive int"):
-        GoldenTextDataModule(rollout_batch_size=0)
+    with pytest.raises(ValueError, match="iterations_per_epoch: expected an int >= 1, received 0"):
+        GoldenTextDataModule(iterations_per_epoch=0)

@@ -3,13 +3,14 @@ import pytest
 import torch
 
 from prismrl.data.batches import ImageTextBatch
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.parquet import ParquetDataModule, ParquetRowGroupDataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def module(path, **kwargs):
-    options = dict(batch_size=4, image_size=12, val_fraction=0.25, seed=0)
+def module(path, batch_size=4, **kwargs):
+    options = dict(loader=LoaderSettings(batch_size=batch_size), image_size=12, val_fraction=0.25, seed=0)
     options.update(kwargs)
     return ParquetDataModule(train_path=str(path), **options)
 
@@ -115,7 +116,7 @@ def test_empty_caption_names_the_row(tmp_path, writers):
 
 
 def test_batch_size_larger_than_the_dataset(parquet_file):
-    with pytest.raises(ValueError, match=r"batch_size: 64 is larger than the training set \(30 rows\)"):
+    with pytest.raises(ValueError, match=r"loader.batch_size: 64 is larger than the training set \(30 rows\)"):
         module(parquet_file, batch_size=64).setup("fit")
 
 

@@ -11,9 +11,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from prismrl.data.loaders import LoaderSettings
 from prismrl.data.prompt_tasks import arithmetic_records
+from prismrl.data.records import PromptRecord
 from prismrl.datamodules.prompts import PromptDataModule
-from prismrl.rl.rewards import ExactMatchReward, PromptRecord, WeightedSumReward
+from prismrl.rewards.functions import ExactMatchReward, WeightedSumReward
 
 
 def png(value: int, size=(6, 5), mode="L") -> bytes:
@@ -39,7 +41,8 @@ def prompts_of(batches):
 
 
 def test_digit_vqa_batches_are_lists_of_records():
-    dm = PromptDataModule(task="digit_vqa", task_kwargs={"image_size": 16}, batch_size=3, val_batch_size=5,
+    dm = PromptDataModule(task="digit_vqa", task_kwargs={"image_size": 16},
+                          loader=LoaderSettings(batch_size=3, val_batch_size=5),
                           max_train_prompts=12, max_val_prompts=7)
     dm.setup("fit")
     train = list(dm.train_dataloader())
@@ -56,7 +59,7 @@ def test_digit_vqa_batches_are_lists_of_records():
 
 def test_train_order_depends_on_seed_and_epoch():
     def order(seed, epoch):
-        dm = PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 16}, batch_size=4, seed=seed)
+        dm = PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 16}, loader=LoaderSettings(batch_size=4), seed=seed)
         loader = dm.train_dataloader()
         loader.set_epoch(epoch)
         return prompts_of(loader)
@@ -68,7 +71,7 @@ def test_train_order_depends_on_seed_and_epoch():
 
 def test_mid_epoch_resume_state_continues_exactly():
     def make():
-        return PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 40}, batch_size=4, seed=5)
+        return PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 40}, loader=LoaderSettings(batch_size=4), seed=5)
 
     loader = make().train_dataloader()
     loader.set_epoch(2)
@@ -99,7 +102,7 @@ class PromptRecorder(L.LightningModule):
 
 def fit(max_steps, root, callbacks=(), ckpt_path=None):
     model = PromptRecorder()
-    dm = PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 24}, batch_size=4, seed=3)
+    dm = PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 24}, loader=LoaderSettings(batch_size=4), seed=3)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
                         default_root_dir=root, limit_val_batches=0)
@@ -119,7 +122,7 @@ def test_lightning_resume_from_a_mid_epoch_checkpoint(tmp_path):
 
 def test_parquet_records_with_images_and_numeric_answers(tmp_path):
     path = write_prompts(tmp_path / "p.parquet", n=20)
-    dm = PromptDataModule(records_path=str(path), batch_size=5, val_fraction=0.25, seed=1)
+    dm = PromptDataModule(records_path=str(path), loader=LoaderSettings(batch_size=5), val_fraction=0.25, seed=1)
     dm.setup("fit")
     train, val = dm.dataset("train"), dm.dataset("val")
     assert len(train) == 15 and len(val) == 5
@@ -131,7 +134,8 @@ def test_parquet_records_with_images_and_numeric_answers(tmp_path):
     assert record.images[0].mode == "RGB" and record.images[0].size == (6, 5)
     assert np.asarray(record.images[0])[0, 0].tolist() == [10 * row] * 3
     numeric = write_prompts(tmp_path / "n.parquet", n=4, images=False, answers=[3.0, 2.5, None, 7])
-    dm = PromptDataModule(records_path=str(numeric), val_records_path=str(numeric), batch_size=2, max_train_prompts=3)
+    dm = PromptDataModule(records_path=str(numeric), val_records_path=str(numeric), loader=LoaderSettings(batch_size=2),
+                          max_train_prompts=3)
     assert [r.answer for r in dm.dataset("val")] == ["3", "2.5", None, "7"]
     assert len(dm.dataset("train")) == 3 and dm.dataset("val")[0].images == []
 
@@ -140,7 +144,7 @@ def test_parquet_rows_with_several_images(tmp_path):
     path = tmp_path / "multi.parquet"
     pq.write_table(pa.table({"prompt": ["<image> vs <image>?", "no image"], "answer": ["a", "b"],
                              "image": [[png(0), png(255, mode="RGBA")], []]}), path)
-    dm = PromptDataModule(records_path=str(path), val_records_path=str(path), batch_size=1)
+    dm = PromptDataModule(records_path=str(path), val_records_path=str(path), loader=LoaderSettings(batch_size=1))
     first, second = dm.dataset("val")[0], dm.dataset("val")[1]
     assert [im.mode for im in first.images] == ["RGB", "RGB"] and second.images == []
 
@@ -152,14 +156,14 @@ def test_parquet_errors_name_the_column_or_row(tmp_path):
         PromptDataModule(records_path=str(no_answer)).setup("fit")
     wrong_image = write_prompts(tmp_path / "w.parquet", n=3, images=False, image=["x", "y", "z"])
     with pytest.raises(ValueError, match="column 'image' of w.parquet should hold image bytes"):
-        PromptDataModule(records_path=str(wrong_image), batch_size=1).setup("fit")
+        PromptDataModule(records_path=str(wrong_image), loader=LoaderSettings(batch_size=1)).setup("fit")
     empty = tmp_path / "e.parquet"
     pq.write_table(pa.table({"prompt": ["q", "  "], "answer": ["1", "2"]}), empty)
     with pytest.raises(ValueError, match="records_path: prompt is empty at row 1 of e.parquet"):
-        PromptDataModule(records_path=str(empty), batch_size=1).setup("fit")
+        PromptDataModule(records_path=str(empty), loader=LoaderSettings(batch_size=1)).setup("fit")
     mismatch = tmp_path / "m.parquet"
     pq.write_table(pa.table({"prompt": ["no placeholder"], "answer": ["1"], "image": [png(3)]}), mismatch)
-    dm = PromptDataModule(records_path=str(mismatch), val_records_path=str(mismatch), batch_size=1)
+    dm = PromptDataModule(records_path=str(mismatch), val_records_path=str(mismatch), loader=LoaderSettings(batch_size=1))
     with pytest.raises(ValueError, match="row 0 of m.parquet: PromptRecord.prompt: found 0 '<image>'"):
         dm.dataset("val")[0]
     with pytest.raises(FileNotFoundError, match="records_path: no Parquet file"):
@@ -167,12 +171,13 @@ def test_parquet_errors_name_the_column_or_row(tmp_path):
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="batch_size: 9 is larger than the training set \\(8 prompts\\)"):
-        PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 8}, batch_size=9).setup("fit")
+    with pytest.raises(ValueError, match="loader.batch_size: 9 is larger than the training set \\(8 prompts\\)"):
+        PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 8},
+                         loader=LoaderSettings(batch_size=9)).setup("fit")
     with pytest.raises(ValueError, match="task: expected one of"):
         PromptDataModule(task="chess")
-    with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
-        PromptDataModule(batch_size=0)
+    with pytest.raises(ValueError, match="max_val_prompts: expected an int >= 1, received 0"):
+        PromptDataModule(max_val_prompts=0)
     with pytest.raises(ValueError, match="val_records_path: expected it only together with records_path"):
         PromptDataModule(val_records_path="v.parquet")
     with pytest.raises(ValueError, match="task_kwargs: digit_vqa_records accepts"):
@@ -180,7 +185,8 @@ def test_argument_errors():
 
 
 def test_workers_and_arithmetic_default_reward():
-    dm = PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 8}, batch_size=4, num_workers=1)
+    dm = PromptDataModule(task="arithmetic", task_kwargs={"num_examples": 8},
+                          loader=LoaderSettings(batch_size=4, num_workers=1))
     batches = list(dm.train_dataloader())
     assert len(batches) == 2 and all(isinstance(r, PromptRecord) for b in batches for r in b)
     assert isinstance(dm.default_reward(), WeightedSumReward)

@@ -5,6 +5,7 @@ import torch
 
 from prismrl.data.batches import ImageTextBatch
 from prismrl.datamodules.webdataset import WebDataModule, expand_shards
+from prismrl.data.loaders import LoaderSettings
 
 
 def shard_samples(writers, num_shards, per_shard, modes=("RGB",)):
@@ -20,8 +21,9 @@ def shards(tmp_path, writers):
     return writers.write_shards(tmp_path, shard_samples(writers, 8, 10, modes=("RGB", "L", "RGBA", "P")))
 
 
-def module(pattern, **kwargs):
-    options = dict(batch_size=4, image_size=8, samples_per_epoch=40, shuffle_buffer=16, class_names=["a", "b", "c"])
+def module(pattern, num_workers=0, **kwargs):
+    options = dict(loader=LoaderSettings(batch_size=4, num_workers=num_workers), image_size=8, samples_per_epoch=40,
+                   shuffle_buffer=16, class_names=["a", "b", "c"])
     options.update(kwargs)
     return WebDataModule(train_shards=pattern, **options)
 
@@ -91,7 +93,7 @@ def test_undecodable_image_and_bad_label(tmp_path, writers):
 def test_training_needs_a_fixed_epoch_length(shards):
     with pytest.raises(ValueError, match="samples_per_epoch: required for training"):
         module(shards, samples_per_epoch=None).train_dataloader()
-    with pytest.raises(ValueError, match="batch_size: 4 x world_size 2 exceeds samples_per_epoch 6"):
+    with pytest.raises(ValueError, match="loader.batch_size: 4 x world_size 2 exceeds samples_per_epoch 6"):
         module(shards, samples_per_epoch=6).make_train_loader(0, 2)
 
 

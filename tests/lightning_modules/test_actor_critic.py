@@ -10,6 +10,7 @@ import torch
 from prismrl.backbones import HFTextEncoder, HFVisionEncoder
 from prismrl.data.batches import ImageTextBatch
 from prismrl.lightning_modules.actor_critic import ActorCriticModule
+from prismrl.optim import OptimizerSettings
 from prismrl.rl.actor_critic import actor_critic_losses, match_rewards
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -101,7 +102,7 @@ def test_logged_actions_and_rewards_train_the_logged_choice():
 
 
 def test_training_step_backpropagates_into_every_trained_part():
-    module = _module(mode="combined", encoder_lr=1e-3).train()
+    module = _module(mode="combined", optimizer=OptimizerSettings(lr=1e-3, encoder_lr=1e-3, warmup_ratio=0.1)).train()
     module.training_step(_batch(), 0).backward()
     for name in ("text_encoder", "vision_encoder", "fusion", "classifier"):
         grads = [p.grad for p in getattr(module, name).parameters() if p.grad is not None]
@@ -144,7 +145,7 @@ def test_labels_out_of_range_fail_before_the_loss(module):
 
 def test_wrong_reward_shape_is_a_clear_error():
     module = _module(mode="rl")
-    with pytest.raises(ValueError, match="rewards: expected shape \\[4\\] or \\[4, T\\], got \\(3,\\)"):
+    with pytest.raises(ValueError, match="rewards: expected shape \\[4\\] or \\[4, T\\], received \\(3,\\)"):
         module.training_step(_batch(cls=RewardBatch, rewards=torch.ones(3)), 0)
     with pytest.raises(ValueError, match="rewards: expected shape \\[4\\] or \\[4, T\\]"):
         module.training_step(_batch(cls=RewardBatch, rewards=torch.ones(4, 2, 1)), 0)
@@ -163,8 +164,10 @@ def test_constructor_rejects_bad_settings():
         _module(modalities="audio")
     with pytest.raises(TypeError, match="vision_encoder: modalities='both' needs a module"):
         ActorCriticModule(HFTextEncoder(tiny_config=TINY_BERT), None)
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match="num_classes: expected an int >= 2, received 1"):
         _module(num_classes=1)
+    with pytest.raises(ValueError, match="num_actions: expected an int >= 2, received 1"):
+        _module(num_actions=1)
 
 
 def test_text_encoder_checkpoint_loads_a_dap_folder_and_checks_sizes(tmp_path):

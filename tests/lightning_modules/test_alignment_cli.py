@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from prismrl.optim import OptimizerSettings
 
 TINY = "configs/alignment/tiny.yaml"
 
@@ -81,6 +82,20 @@ def test_print_config_round_trips(repo_root, tmp_path):
     assert printed == again
     assert "prismrl.lightning_modules.alignment.AlignmentModule" in printed
     assert "matryoshka_dims" in printed
+    assert "    optimizer:\n      lr: 0.003\n      encoder_lr: 0.001\n      weight_decay: 0.05\n" in printed
+
+
+def test_optimizer_override_keeps_the_yaml_and_stage_defaults(cli_tools, tmp_path):
+    cli = cli_tools.run(TINY, tmp_path, "--model.init_args.optimizer.lr", "5e-4", run=False)
+    # lr from the command line, encoder_lr and warmup_ratio from the YAML, weight_decay and betas the stage's defaults
+    assert cli.model.optimizer_settings == OptimizerSettings(
+        lr=5e-4, encoder_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.98), warmup_ratio=0.1
+    )
+
+
+def test_bad_contrastive_kind_names_the_field(cli_tools, tmp_path):
+    with pytest.raises(ValueError, match=r"contrastive: expected one of \['clip', 'siglip'\], received 'triplet'"):
+        cli_tools.run(TINY, tmp_path, "--model.init_args.contrastive", "triplet", run=False)
 
 
 def test_bad_matryoshka_dims_fail_before_training(cli_tools, tmp_path):

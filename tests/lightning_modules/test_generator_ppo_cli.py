@@ -8,7 +8,6 @@ import logging
 import pytest
 import torch
 
-
 TINY = "configs/generator_ppo/tiny.yaml"
 RUN = "runs/generator_ppo/tiny"
 STEPS_PER_ITERATION = 4  # ppo_epochs 2 x 2 minibatches of 2
@@ -58,7 +57,7 @@ def test_a_batch_without_parseable_generation_is_penalized_and_training_goes_on(
     cli = cli_tools.run(TINY, tmp_path, "--trainer.max_epochs", "1", run=False)
     tokenizer = cli.model.tokenizer
     tokenizer.batch_decode = lambda ids, **kwargs: ["  \n"] * len(ids)  # a degenerate generator: only whitespace
-    with caplog.at_level(logging.WARNING, logger="prismrl.rl.classifier_reward"):
+    with caplog.at_level(logging.WARNING, logger="prismrl.rewards.classifier"):
         cli_tools.fit(cli, tmp_path)
     assert "no parseable generation" in caplog.text
     metrics = cli.trainer.callback_metrics
@@ -73,6 +72,9 @@ def test_a_batch_without_parseable_generation_is_penalized_and_training_goes_on(
     (("--model.init_args.prompt_template", "{instruction: 'Write a review.'}"), ValueError, "template.instruction"),
     (("--model.init_args.icl_examples", "3"), ValueError, "multiple of the 2 classes"),
     (("--model.init_args.classifier.init_args.num_classes", "3"), ValueError, "classifier.num_classes: expected 2"),
+    (("--model.init_args.policy", "{tiny_config: {model_type: qwen2_vl}}"), ValueError, "policy: the generator must be"),
+    (("--model.init_args.ppo_epochs", "0"), ValueError, "ppo_epochs: expected an int >= 1, received 0"),
+    (("--model.init_args.optimizer.max_grad_norm", "0"), ValueError, "optimizer.max_grad_norm"),
 ])
 def test_bad_configuration_fails_before_training(cli_tools, tmp_path, args, error, match):
     with pytest.raises(error, match=match):
@@ -107,9 +109,10 @@ def test_every_preset_names_real_classes_and_arguments(cli_tools, preset):
 
     import yaml
 
-    from prismrl.backbones.lora import LoraSettings
-    from prismrl.rl.classifier_reward import RewardWeights
-    from prismrl.rl.rollout import SamplingSettings
+    from prismrl.optim import OptimizerSettings
+    from prismrl.policy.build import PolicySettings
+    from prismrl.policy.rollout import SamplingSettings
+    from prismrl.rewards.classifier import RewardWeights
 
     config = yaml.safe_load((cli_tools.repo_root / "configs/generator_ppo" / f"{preset}.yaml").read_text())
     _check_init_args(config["model"], "model")
@@ -117,7 +120,9 @@ def test_every_preset_names_real_classes_and_arguments(cli_tools, preset):
     for callback in config["trainer"]["callbacks"]:
         _check_init_args(callback, "trainer.callbacks")
     args = config["model"]["init_args"]
-    for key, cls in (("lora", LoraSettings), ("sampling", SamplingSettings), ("reward_weights", RewardWeights)):
+    assert args.get("policy") is not None  # a policy must be named
+    for key, cls in (("policy", PolicySettings), ("optimizer", OptimizerSettings), ("sampling", SamplingSettings),
+                     ("reward_weights", RewardWeights)):
         if args.get(key) is not None:
             cls(**args[key])  # validates the values too
             assert set(args[key]) <= {f.name for f in dataclasses.fields(cls)}

@@ -10,7 +10,7 @@ import torch
 TINY = "configs/grpo/tiny.yaml"
 RUN = "runs/grpo/tiny"
 # A reward that varies between completions of a random policy (so advantages are non-zero and LoRA moves).
-LENGTH_REWARD = ["--model.init_args.reward", '{"class_path": "prismrl.rl.rewards.CallableReward", '
+LENGTH_REWARD = ["--model.init_args.reward", '{"class_path": "prismrl.rewards.functions.CallableReward", '
                  '"init_args": {"function": "tests.lightning_modules.test_grpo_cli:vowel_share"}}']
 
 
@@ -66,12 +66,12 @@ def test_resume_after_a_crash_matches_uninterrupted_run(cli_tools, tmp_path, run
 def test_export_writes_loadable_adapters(run, cli_tools, tmp_path):
     from peft import PeftModel
 
-    from prismrl.backbones.causal_lm import load_causal_lm
+    from prismrl.policy.build import PolicySettings, load_policy_model
 
     _, cli = run
     cli.model.export(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-    base, _ = load_causal_lm(tiny_config={"model_type": "qwen2_vl"})
+    base, _ = load_policy_model(PolicySettings(tiny_config={"model_type": "qwen2_vl"}))
     reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
     for key, value in cli_tools.state(cli.model.policy, is_lora).items():
         torch.testing.assert_close(reloaded.state_dict()[key], value, msg=key)
@@ -81,6 +81,10 @@ def test_export_writes_loadable_adapters(run, cli_tools, tmp_path):
     (["--model.init_args.group_size", "1"], "group_size"),
     (["--model.init_args.sampling", '{"max_new_tokens": 0}'], "max_new_tokens"),
     (["--model.init_args.loss_aggregation", "mean"], "loss_aggregation"),
+    (["--model.init_args.num_iterations", "0"], "num_iterations: expected an int >= 1, received 0"),
+    (["--model.init_args.rollout", '{"engine": "vllm"}'], "rollout.engine"),
+    (["--model.init_args.policy", "{tiny_config: {model_type: qwen2_vl}, lora: null, quantization: 4bit}"],
+     "policy.quantization"),
 ])
 def test_bad_settings_fail_before_training(cli_tools, tmp_path, args, match):
     with pytest.raises(ValueError, match=match):
@@ -89,8 +93,19 @@ def test_bad_settings_fail_before_training(cli_tools, tmp_path, args, match):
 
 
 def test_beta_zero_builds_no_reference_and_full_finetuning_copies_it(cli_tools, tmp_path):
-    no_kl = cli_tools.run(TINY, tmp_path, "--model.init_args.beta", "0", "--model.init_args.lora", "null", run=False)
+    full = ["--model.init_args.policy", "{tiny_config: {model_type: qwen2_vl}, lora: null}"]
+    no_kl = cli_tools.run(TINY, tmp_path, "--model.init_args.beta", "0", *full, run=False)
     assert no_kl.model.reference is None
-    with_kl = cli_tools.run(TINY, tmp_path, "--model.init_args.lora", "null", run=False)
+    with_kl = cli_tools.run(TINY, tmp_path, *full, run=False)
     assert with_kl.model.reference is not None
     assert not any(p.requires_grad for p in with_kl.model.reference.parameters())
+
+
+def test_grouped_settings_override_one_field_and_keep_the_stage_defaults(cli_tools, tmp_path):
+    from prismrl.optim import OptimizerSettings
+    from prismrl.policy.rollout import HFRolloutEngine
+
+    cli = cli_tools.run(TINY, tmp_path, "--model.init_args.optimizer.warmup_ratio", "0.25", run=False)
+    assert cli.model.optimizer_settings == OptimizerSettings(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99),
+                                                             warmup_ratio=0.25, min_lr_ratio=0.1, max_grad_norm=1.0)
+    assert isinstance(cli.model.rollout_engine, HFRolloutEngine) and cli.model.rollout_engine is cli.model.rollout_engine

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from prismrl.backbones import HFTextEncoder
+from prismrl.backbones.masked_lm import load_dap_encoder_into
+from prismrl.data.loaders import LoaderSettings
 from prismrl.datamodules.text_corpus import TextCorpusDataModule
-from prismrl.lightning_modules.masked_lm import MaskedLMModule, load_dap_encoder_into
+from prismrl.lightning_modules.masked_lm import MaskedLMModule
+from prismrl.optim import OptimizerSettings
 
 TOKENIZER = "shipped:all-minilm-l6-v2"
 DOMAIN = ["<DOMAIN_PYDOC>", "<DOMAIN_CODE>"]
@@ -24,7 +27,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory) -> TextCorpusDataModule:
-    dm = TextCorpusDataModule(TOKENIZER, DOMAIN, root=str(tmp_path_factory.mktemp("cache")), max_length=48, batch_size=8)
+    dm = TextCorpusDataModule(TOKENIZER, DOMAIN, root=str(tmp_path_factory.mktemp("cache")), max_length=48,
+                              loader=LoaderSettings(batch_size=8))
     dm.setup("fit")
     return dm
 
@@ -125,14 +129,16 @@ def test_setup_rejects_a_datamodule_with_another_tokenizer(tmp_path, datamodule)
     with pytest.raises(ValueError, match=r"tokenizer: the datamodule tokenizer has 30524 tokens, the model's has 30523; give the datamodule"):
         trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 0
-    swapped = TextCorpusDataModule(TOKENIZER, ["<DOMAIN_CODE>", "<DOMAIN_PYDOC>"], root=datamodule.hparams.root, max_length=48, batch_size=8)
+    swapped = TextCorpusDataModule(TOKENIZER, ["<DOMAIN_CODE>", "<DOMAIN_PYDOC>"], root=datamodule.hparams.root,
+                                   max_length=48, loader=LoaderSettings(batch_size=8))
     with pytest.raises(ValueError, match=r"domain_tokens: the datamodule tokenizer maps \['<DOMAIN_PYDOC>', '<DOMAIN_CODE>'\] to \[30523, 30522\]"):
         pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    default_root_dir=tmp_path).fit(_module(), datamodule=swapped)
 
 
 def test_fit_and_validate_log_masked_metrics_and_export_at_the_end(tmp_path, datamodule):
-    module = _module(export_dir=str(tmp_path / "exported"), lr=5e-3)
+    module = _module(export_dir=str(tmp_path / "exported"),
+                     optimizer=OptimizerSettings(lr=5e-3, betas=(0.9, 0.98), warmup_ratio=0.06))
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, default_root_dir=tmp_path)

@@ -7,8 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from prismrl.data.domain_corpus import load_domain_tokenizer
-from prismrl.datamodules.text_corpus import SeededMLMCollator, TextCorpusDataModule, TokenizedTexts, read_texts
+from prismrl.backbones.masked_lm import load_domain_tokenizer
+from prismrl.data.loaders import LoaderSettings
+from prismrl.datamodules.text_corpus import (
+    SeededMLMCollator,
+    TextCorpusDataModule,
+    TokenizedTexts,
+    read_texts,
+)
 
 TOKENIZER = "shipped:all-minilm-l6-v2"
 DOMAIN = ["<DOMAIN_PYDOC>"]
@@ -16,7 +22,8 @@ DOMAIN = ["<DOMAIN_PYDOC>"]
 
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory) -> TextCorpusDataModule:
-    dm = TextCorpusDataModule(TOKENIZER, DOMAIN, root=str(tmp_path_factory.mktemp("cache")), max_length=64, batch_size=16)
+    dm = TextCorpusDataModule(TOKENIZER, DOMAIN, root=str(tmp_path_factory.mktemp("cache")), max_length=64,
+                              loader=LoaderSettings(batch_size=16))
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -96,7 +103,7 @@ def test_user_files_text_and_parquet(tmp_path):
     (tmp_path / "train.txt").write_text("first domain text\n\nsecond domain text\n")
     pq.write_table(pa.table({"body": ["held out one", "held out two"]}), tmp_path / "val.parquet")
     dm = TextCorpusDataModule(TOKENIZER, corpus=None, train_path=str(tmp_path / "train.txt"),
-                              val_path=str(tmp_path / "val.parquet"), text_column="body", batch_size=2)
+                              val_path=str(tmp_path / "val.parquet"), text_column="body", loader=LoaderSettings(batch_size=2))
     dm.setup("fit")
     assert dm.texts("train") == ["first domain text", "second domain text"]
     assert dm.texts("val") == ["held out one", "held out two"]

@@ -8,7 +8,6 @@ import csv
 import pytest
 import torch
 
-
 DECODERS = {"lm": "configs/vl_sft/tiny_lm.yaml", "trm": "configs/vl_sft/tiny_trm.yaml"}
 
 
@@ -108,7 +107,11 @@ def test_frozen_vision_encoder_stays_in_eval_mode_and_out_of_the_optimizer(cli_t
 
 
 def test_answer_metrics_by_hand():
-    from prismrl.lightning_modules.vl_sft import exact_match, normalize_answer, token_correct
+    from prismrl.lightning_modules.vl_sft import (
+        exact_match,
+        normalize_answer,
+        token_correct,
+    )
 
     assert normalize_answer("  Seven.\n") == "seven" and normalize_answer("odd  number") == "odd number"
     assert exact_match(["Seven.", "odd", "", "yes"], ["seven", "even", "no", "yes"]).tolist() == [1.0, 0.0, 0.0, 1.0]
@@ -117,3 +120,22 @@ def test_answer_metrics_by_hand():
     assert token_correct(logits, labels).tolist() == [1.0, 0.0, 1.0]  # the -100 position is not counted
     with pytest.raises(ValueError, match="predictions: expected 2 strings"):
         exact_match(["a"], ["a", "b"])
+
+
+def test_optimizer_settings_give_three_learning_rates_and_question_types_come_from_the_data(cli_tools, tmp_path):
+    from prismrl.data.digit_qa import QUESTION_TYPES
+    from prismrl.optim import OptimizerSettings
+
+    cli = cli_tools.run(DECODERS["trm"], tmp_path, "--model.init_args.optimizer.lr", "0.002",
+                        "--model.init_args.decoder_lr", "0.0005", "--trainer.max_epochs", "1",
+                        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1")
+    model = cli.model
+    assert model.optimizer_settings == OptimizerSettings(lr=2e-3, encoder_lr=1e-3, weight_decay=0.01, warmup_ratio=0.1)
+    assert model.question_types == list(QUESTION_TYPES) == model.hparams.question_types  # linked from the datamodule
+    ids = {"vision": {id(p) for p in model.visual.vision_encoder.parameters()},
+           "decoder": {id(p) for p in model.decoder.parameters()}}
+    lrs = {}
+    for group in cli.trainer.optimizers[0].param_groups:
+        part = next((k for k, v in ids.items() if id(group["params"][0]) in v), "head")
+        lrs.setdefault(part, set()).add(group["initial_lr"])
+    assert lrs == {"head": {2e-3}, "decoder": {5e-4}, "vision": {1e-3}}

@@ -9,7 +9,6 @@ Float64 keeps the comparison about the math, not about the summation order of fl
 from __future__ import annotations
 
 import os
-
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +18,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from prismrl.losses import ClipLoss, MatryoshkaContrastiveLoss, SigLipLoss, gather_features
+from prismrl.losses import (
+    ClipLoss,
+    MatryoshkaContrastiveLoss,
+    SigLipLoss,
+    gather_features,
+)
 
 WORLD = 2
 BATCH = 8  # global batch; 4 per rank

@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prismrl.losses import ClipLoss, MatryoshkaContrastiveLoss, SigLipLoss, validate_matryoshka_dims
+from prismrl.losses import (
+    ClipLoss,
+    MatryoshkaContrastiveLoss,
+    SigLipLoss,
+    validate_matryoshka_dims,
+)
 
 DIMS = [2, 4, 8]
 

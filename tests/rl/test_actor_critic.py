@@ -10,59 +10,15 @@ import torch
 from prismrl.rl.actor_critic import (
     ActorCriticHead,
     actor_critic_losses,
-    discounted_returns,
     match_rewards,
-    normalize_advantages,
     returns_from_rewards,
 )
+from prismrl.rl.advantages import whiten
 
 
-# ----- discounted returns -----
-def test_returns_by_hand_without_and_with_done_flags():
-    rewards = torch.tensor([[1.0, 2.0, 3.0]])
-    # G2 = 3, G1 = 2 + 0.5 * 3 = 3.5, G0 = 1 + 0.5 * 3.5 = 2.75
-    torch.testing.assert_close(discounted_returns(rewards, None, 0.5), torch.tensor([[2.75, 3.5, 3.0]]))
-    # an episode ends at t = 1: G1 = 2, G0 = 1 + 0.5 * 2 = 2, G2 = 3 (a new episode)
-    dones = torch.tensor([[False, True, False]])
-    torch.testing.assert_close(discounted_returns(rewards, dones, 0.5), torch.tensor([[2.0, 2.0, 3.0]]))
-
-
-def test_returns_bootstrap_is_cut_by_a_final_done():
-    rewards = torch.ones(2, 2)
-    dones = torch.tensor([[False, False], [False, True]])
-    out = discounted_returns(rewards, dones, 0.9, bootstrap=torch.tensor([10.0, 10.0]))
-    # row 0: G1 = 1 + 0.9 * 10 = 10, G0 = 1 + 0.9 * 10 = 10; row 1: G1 = 1, G0 = 1.9
-    torch.testing.assert_close(out, torch.tensor([[10.0, 10.0], [1.9, 1.0]]))
-
-
-def test_one_step_bandit_returns_are_the_rewards():
-    rewards = torch.tensor([[0.0], [1.0], [-1.0]])
-    torch.testing.assert_close(discounted_returns(rewards, None, 0.99), rewards)
-
-
-def test_returns_match_a_naive_loop():
-    generator = torch.Generator().manual_seed(0)
-    rewards = torch.randn(4, 9, generator=generator)
-    dones = torch.rand(4, 9, generator=generator) < 0.3
-    out = discounted_returns(rewards, dones, 0.8)
-    for b in range(4):
-        for t in range(9):
-            expected, discount = 0.0, 1.0
-            for k in range(t, 9):
-                expected += discount * float(rewards[b, k])
-                if dones[b, k]:
-                    break
-                discount *= 0.8
-            assert math.isclose(float(out[b, t]), expected, rel_tol=1e-5, abs_tol=1e-5)
-
-
-def test_returns_reject_bad_shapes():
-    with pytest.raises(ValueError, match="rewards: expected shape \\[B, T\\]"):
-        discounted_returns(torch.ones(3), None, 0.9)
-    with pytest.raises(ValueError, match="dones: expected shape"):
-        discounted_returns(torch.ones(2, 3), torch.zeros(2, 2, dtype=torch.bool), 0.9)
-    with pytest.raises(ValueError, match="gamma"):
-        discounted_returns(torch.ones(2, 3), None, 1.5)
+def normalize_advantages(advantages, mask=None):
+    """The actor-critic normalization: whitening with the population variance."""
+    return whiten(advantages, mask, unbiased=False)
 
 
 # ----- advantage normalization -----
@@ -131,7 +87,7 @@ def test_returns_from_batch_rewards():
     sequence = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
     dones = torch.tensor([[True, False], [False, False]])
     torch.testing.assert_close(returns_from_rewards(sequence, 2, 0.5, dones), torch.tensor([1.0, 1.5]))
-    with pytest.raises(ValueError, match="rewards: expected shape \\[2\\] or \\[2, T\\], got \\(3,\\)"):
+    with pytest.raises(ValueError, match="rewards: expected shape \\[2\\] or \\[2, T\\], received \\(3,\\)"):
         returns_from_rewards(torch.ones(3), 2, 0.9)
     with pytest.raises(ValueError, match="rewards: expected shape"):
         returns_from_rewards(torch.ones(2, 1, 1), 2, 0.9)

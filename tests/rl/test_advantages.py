@@ -142,6 +142,20 @@ def test_discounted_returns_with_done_flags():
         discounted_returns(rewards, dones, -0.1)
 
 
+def test_discounted_returns_without_dones_and_with_a_bootstrap():
+    rewards = torch.tensor([[1.0, 2.0, 3.0]])
+    # G2 = 3, G1 = 2 + 0.5 * 3 = 3.5, G0 = 1 + 0.5 * 3.5 = 2.75
+    torch.testing.assert_close(discounted_returns(rewards, None, 0.5), torch.tensor([[2.75, 3.5, 3.0]]))
+    dones = torch.tensor([[False, False], [False, True]])
+    out = discounted_returns(torch.ones(2, 2), dones, 0.9, bootstrap=torch.tensor([10.0, 10.0]))
+    # row 0: G1 = 1 + 0.9 * 10 = 10, G0 = 10; row 1: the final done cuts the bootstrap, G1 = 1, G0 = 1.9
+    torch.testing.assert_close(out, torch.tensor([[10.0, 10.0], [1.9, 1.0]]))
+    with pytest.raises(ValueError, match=r"rewards: expected shape \(B, T\), received \(3,\)"):
+        discounted_returns(torch.ones(3), None, 0.9)
+    with pytest.raises(ValueError, match="bootstrap: expected shape"):
+        discounted_returns(torch.ones(2, 3), None, 0.9, bootstrap=torch.zeros(3))
+
+
 def test_discounted_returns_vs_naive():
     g = torch.Generator().manual_seed(2)
     rewards = torch.randn(3, 9, generator=g, dtype=torch.float64)
@@ -171,6 +185,14 @@ def test_whiten_masked():
     torch.testing.assert_close(whiten(x, mask, shift_mean=False), unshifted, atol=1e-5, rtol=0)
     full = torch.tensor([1.0, 3.0])
     torch.testing.assert_close(whiten(full), torch.tensor([-1.0, 1.0]) / math.sqrt(2.0), atol=1e-6, rtol=0)
+
+
+def test_whiten_population_variance_and_single_entry():
+    x = torch.tensor([1.0, 2.0, 3.0])
+    std = math.sqrt(2.0 / 3.0)  # population std of 1, 2, 3
+    torch.testing.assert_close(whiten(x, unbiased=False), torch.tensor([-1 / std, 0.0, 1 / std]))
+    torch.testing.assert_close(whiten(torch.tensor([5.0])), torch.tensor([5.0]))  # one entry: no spread, unchanged
+    torch.testing.assert_close(whiten(x, torch.tensor([False, True, False])), torch.tensor([0.0, 2.0, 0.0]))
 
 
 def test_masked_mean_var_empty_mask_no_nan():

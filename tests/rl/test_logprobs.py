@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prismrl.rl.logprobs import default_chunk_size, entropy_from_logits, shift_for_causal_lm, token_logprobs
+from prismrl.rl.logprobs import (
+    default_chunk_size,
+    entropy_from_logits,
+    shift_for_causal_lm,
+    token_logprobs,
+)
 
 VOCAB = 151_936
 

@@ -1,0 +1,81 @@
+"""Plumbing every stage shares, and the one place that touches Lightning's private attributes.
+
+- ``StageModule``: the base of every stage. ``on_train_start`` restores checkpointed dataloader positions
+  that Lightning would drop (exact mid-epoch resume); with automatic optimization the gradient norm is
+  clipped to ``optimizer_settings.max_grad_norm`` unless the Trainer sets ``gradient_clip_val``;
+  ``manual_optimizer_step`` is the zero-grad / backward / clip / step sequence of manual optimization.
+- ``built_from_config``: whether LightningCLI (or ``load_from_checkpoint`` of its checkpoints) is
+  instantiating the module right now.
+"""
+
+from __future__ import annotations
+
+from lightning import LightningModule, Trainer
+from torch import Tensor
+from torch.optim import Optimizer
+
+from prismrl.optim import OptimizerSettings
+
+
+def built_from_config() -> bool:
+    """True while LightningCLI (or ``load_from_checkpoint`` of its checkpoints) instantiates the module.
+
+    Then ``save_hyperparameters`` records the injected components as their class_path config; a module built in
+    Python should ignore its nn.Module arguments instead, whose weights the state dict already holds.
+    """
+    from lightning.pytorch.core.mixins import hparams_mixin
+
+    given = getattr(hparams_mixin, "_given_hyperparameters", None)
+    return given is not None and given.get() is not None
+
+
+def restore_pending_dataloader_states(trainer: Trainer) -> None:
+    """Hand checkpointed dataloader states to the train loader when Lightning did not.
+
+    Lightning restores stateful loaders only when the fit loop creates its combined loader after the
+    checkpoint was read. ``trainer.estimated_stepping_batches`` (called by ``configure_optimizers`` to size
+    a schedule) creates it earlier, and the saved position would be dropped silently, so a run resumed
+    mid-epoch would start the epoch over. ``StageModule.on_train_start`` applies the pending states.
+    """
+    fit_loop = trainer.fit_loop
+    if getattr(fit_loop, "_combined_loader_states_to_load", None) and fit_loop._combined_loader is not None:
+        fit_loop._load_combined_loader_states()
+
+
+class StageModule(LightningModule):
+    """A LightningModule with prismrl's shared plumbing; subclasses set ``self.optimizer_settings``."""
+
+    optimizer_settings: OptimizerSettings
+
+    def on_train_start(self) -> None:
+        restore_pending_dataloader_states(self.trainer)
+
+    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val is None:
+            gradient_clip_val, gradient_clip_algorithm = self.optimizer_settings.max_grad_norm, "norm"
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
+    def manual_optimizer_step(self, loss: Tensor, optimizer: Optimizer, max_grad_norm: float | None = None) -> None:
+        """zero_grad, backward (precision- and strategy-aware), clip the global norm to ``max_grad_norm``
+        (default ``optimizer_settings.max_grad_norm``; None = no clipping), step."""
+        max_grad_norm = self.optimizer_settings.max_grad_norm if max_grad_norm is None else max_grad_norm
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def manual_optimizer_steps(self, passes: int, minibatch_size: int | None, rows_per_sample: int = 1) -> int:
+        """Optimizer steps of a manual-optimization fit, to size the schedule: ``trainer.max_steps`` when set, else
+        batches x passes x ceil(batch_size * rows_per_sample / minibatch_size) (one step per batch and pass when
+        minibatch_size is None)."""
+        batches = int(self.trainer.estimated_stepping_batches)  # loads the train loader
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if not isinstance(batch_size, int):
+            raise ValueError("trainer.max_steps: set it (optimizer steps) when the train loader has no int batch_size")
+        per_batch = 1 if minibatch_size is None else -(-batch_size * rows_per_sample // minibatch_size)
+        return max(1, batches * passes * per_batch)
+

@@ -1,0 +1,201 @@
+"""Rollouts of a (vision-)language policy: sampling settings, rollout engines, group sampling and log-probs.
+
+Works with any model that has HF's ``generate`` / ``forward(...).logits`` and a batch adapter from
+``prismrl.policy.adapters`` (duck-typed: nothing here imports transformers or Lightning).
+
+A stage samples only through a ``RolloutEngine`` (``HFRolloutEngine``: the policy's own ``generate``), chosen
+in YAML with ``rollout: {engine: hf}``; another engine (vLLM) is one more class in ``ROLLOUT_ENGINES``.
+
+Log-probs are those of the sampling distribution: logits / temperature (as the samples were drawn),
+so the importance ratio pi_theta / pi_old compares like with like.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prismrl.choices import check_positive_float, check_positive_int, parse_choice
+from prismrl.rl.logprobs import entropy_from_logits, shift_for_causal_lm, token_logprobs
+
+
+@dataclass
+class SamplingSettings:
+    """How completions are sampled: temperature / top-p / top-k (0 = off) and the completion budget."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int("sampling.max_new_tokens", self.max_new_tokens)
+        check_positive_float("sampling.temperature", self.temperature)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p: expected a float in (0, 1], received {self.top_p!r}")
+        check_positive_int("sampling.top_k", self.top_k, minimum=0)
+
+    def generate_kwargs(self, greedy: bool = False) -> dict[str, Any]:
+        """``generate`` kwargs: sampling (or greedy decoding for evaluation)."""
+        if greedy:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens, "temperature": None, "top_p": None,
+                    "top_k": None}
+        return {"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k or None}
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the generation config's eos id(s) and the tokenizer's."""
+    ids: set[int] = set()
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ValueError("eos_token_id: neither the model's generation config nor the tokenizer defines one")
+    return sorted(ids)
+
+
+def group_indices(num_prompts: int, group_size: int) -> Tensor:
+    """[P * G] row -> prompt index, each prompt's G rows consecutive: [0, 0, .., 1, 1, ..]."""
+    check_positive_int("group_size", group_size, minimum=2)  # GRPO compares completions within a group
+    return torch.arange(num_prompts).repeat_interleave(group_size)
+
+
+@torch.no_grad()
+def sample_completions(model, prompt_batch, adapter, sampling: SamplingSettings, eos_ids: list[int],
+                       greedy: bool = False) -> list[list[int]]:
+    """Per prompt row the sampled completion token ids, up to and including the first EOS."""
+    from prismrl.policy.adapters.base import split_completions
+
+    inputs = prompt_batch.model_inputs()
+    out = model.generate(**inputs, **sampling.generate_kwargs(greedy), **adapter.generate_kwargs())  # [B, P + C]
+    return split_completions(out, prompt_batch.seq_len, eos_ids)
+
+
+class RolloutEngine(ABC):
+    """Samples the completions of an RL stage's prompt batches.
+
+    Contract: ``generate`` returns, per prompt row, the completion token ids up to and including the first EOS
+    (unpadded; at most ``sampling.max_new_tokens``); ``greedy=True`` decodes greedily (evaluation). The stage
+    calls ``sync_weights(policy)`` at the start of training (after a checkpoint restore) and after every training
+    step whose optimizer steps changed the policy, before the next ``generate``: an engine that serves its own
+    copy of the weights (vLLM) loads them there; one that runs the policy itself has nothing to do.
+    """
+
+    @abstractmethod
+    def generate(self, prompt_batch, sampling: SamplingSettings, greedy: bool = False) -> list[list[int]]:
+        """Completion token ids per row of ``prompt_batch`` (a ``MultimodalBatch`` of prompts)."""
+
+    @abstractmethod
+    def sync_weights(self, model) -> None:
+        """Make the next ``generate`` sample from ``model``'s current weights."""
+
+
+class HFRolloutEngine(RolloutEngine):
+    """The policy's own HF ``generate`` (``sample_completions``) in eval mode; weights are shared, so
+    ``sync_weights`` is a no-op."""
+
+    def __init__(self, model, adapter, eos_ids: list[int]) -> None:
+        self.model, self.adapter, self.eos_ids = model, adapter, list(eos_ids)
+
+    def generate(self, prompt_batch, sampling: SamplingSettings, greedy: bool = False) -> list[list[int]]:
+        self.model.eval()
+        return sample_completions(self.model, prompt_batch, self.adapter, sampling, self.eos_ids, greedy)
+
+    def sync_weights(self, model) -> None:
+        pass
+
+
+class RolloutEngineKind(str, Enum):
+    HF = "hf"
+
+
+ROLLOUT_ENGINES: dict[RolloutEngineKind, type[RolloutEngine]] = {RolloutEngineKind.HF: HFRolloutEngine}
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """Which engine samples the rollouts (YAML: ``rollout: {engine: hf}``); "hf" = the policy's own ``generate``."""
+
+    engine: str = "hf"
+
+    def __post_init__(self) -> None:
+        parse_choice(RolloutEngineKind, self.engine, "rollout.engine")
+
+
+def build_rollout_engine(settings: RolloutSettings, model, adapter, eos_ids: list[int]) -> RolloutEngine:
+    """The engine ``settings.engine`` names, sampling from ``model`` with ``adapter``'s generate kwargs."""
+    return ROLLOUT_ENGINES[parse_choice(RolloutEngineKind, settings.engine, "rollout.engine")](model, adapter, eos_ids)
+
+
+class PackingAttention(str, Enum):
+    BLOCK_MASK = "block_mask"
+    POSITION_IDS = "position_ids"
+
+
+@dataclass
+class PackingSettings:
+    """Pack the rollout's sequences into rows of ``max_tokens_per_row`` for the training forward passes.
+
+    attention: "block_mask" (4-D segment mask; SDPA/eager, CPU-safe) or "position_ids" (segments from
+    restarting positions: flash-attention varlen on GPU). ``rope_index`` is the adapter's M-RoPE function.
+    """
+
+    max_tokens_per_row: int = 2048
+    attention: str = "block_mask"
+
+    def __post_init__(self) -> None:
+        check_positive_int("packing.max_tokens_per_row", self.max_tokens_per_row)
+        parse_choice(PackingAttention, self.attention, "packing.attention")
+
+
+def sequence_logprobs(
+    model, batch, temperature: float = 1.0, chunk_size: int | None = None, with_entropy: bool = False,
+    packing: PackingSettings | None = None, rope_index=None,
+) -> tuple[Tensor, Tensor | None]:
+    """Next-token log-probs [B, T-1] of ``batch.input_ids[:, 1:]`` under ``model`` (and entropies [B, T-1]).
+
+    logp[b, t] = log softmax(logits[b, t] / temperature)[input_ids[b, t + 1]]; align masks with
+    ``batch.loss_mask[:, 1:]``. Entropy is computed without gradient (it is only logged). With
+    ``packing`` the forward runs on packed rows (``prismrl.policy.packing``) and the values are unpacked
+    to the same [B, T-1] layout (a sequence's first token, never a completion token, gets 0).
+    """
+    packed = None
+    if packing is None:
+        logits = model(**batch.model_inputs(), use_cache=False).logits  # [B, T, V]
+        input_ids = batch.input_ids
+    else:
+        from prismrl.policy.packing import pack_sequences
+
+        packed = pack_sequences(batch, packing.max_tokens_per_row, rope_index=rope_index)
+        dtype = next(model.parameters()).dtype
+        inputs = packed.model_inputs(packing.attention, dtype=dtype if dtype.is_floating_point else torch.float32)
+        logits = model(**inputs).logits  # [R, L, V]
+        input_ids = packed.input_ids
+    if temperature != 1.0:
+        logits = logits / temperature
+    shifted, targets = shift_for_causal_lm(logits, input_ids)  # [*, T-1, V], [*, T-1]
+    logprobs = token_logprobs(shifted, targets, chunk_size)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(shifted.detach(), chunk_size)
+    if packed is not None:
+        logprobs = packed.unpack_shifted(logprobs)
+        entropy = packed.unpack_shifted(entropy) if entropy is not None else None
+    return logprobs, entropy
+
+
+def minibatches(num_rows: int, minibatch_size: int | None, generator: torch.Generator | None = None) -> list[Tensor]:
+    """A shuffled split of range(num_rows) into minibatches (one batch of all rows when size is None)."""
+    if minibatch_size is None or minibatch_size >= num_rows:
+        return [torch.arange(num_rows)]
+    order = torch.randperm(num_rows, generator=generator)
+    return list(order.split(minibatch_size))
