@@ -283,9 +283,11 @@ class ActorCriticModule(StageModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["prismrl_actor_critic"] = {"mode": self.mode, "configured_mode": self._configured_mode()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("prismrl_actor_critic", {})
         if saved.get("configured_mode") == self._configured_mode():  # same run config: keep a mode a callback switched to
             self.mode = saved["mode"]

@@ -289,9 +289,11 @@ class AlignmentModule(StageModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["prismrl_zero_shot"] = {"class_names": self.class_names, "templates": self.zero_shot_templates}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("prismrl_zero_shot", {})
         self.class_names = self.class_names or saved.get("class_names")
         self.zero_shot_templates = self.zero_shot_templates or saved.get("templates")

@@ -263,10 +263,12 @@ class GeneratorPPOModule(StageModule):
 
     # ----- Lightning plumbing -----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["prismrl_generator_ppo"] = {"classifier_start": self.classifier_start}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the classifier's starting weights (a fresh module would draw a new random head)."""
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("prismrl_generator_ppo")
         if saved is not None:
             self.classifier_start = saved["classifier_start"]

@@ -243,6 +243,7 @@ class GRPOModule(StageModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """With LoRA, checkpoints keep the trainable weights only: the frozen base is rebuilt from its source."""
+        super().on_save_checkpoint(checkpoint)
         if uses_adapters(self.policy):
             frozen = {f"policy.{name}" for name, p in self.policy.named_parameters() if not p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}

@@ -4,17 +4,43 @@
   that Lightning would drop (exact mid-epoch resume); with automatic optimization the gradient norm is
   clipped to ``optimizer_settings.max_grad_norm`` unless the Trainer sets ``gradient_clip_val``;
   ``manual_optimizer_step`` is the zero-grad / backward / clip / step sequence of manual optimization.
+  A ``NumericalGuard`` joins the callbacks unless the Trainer has one. Checkpoints record the stage that
+  wrote them (``checkpoint["prismrl"] = {"stage": "<module>.<Class>", "version": ...}``); loading one
+  written by another stage is an error that names both.
 - ``built_from_config``: whether LightningCLI (or ``load_from_checkpoint`` of its checkpoints) is
   instantiating the module right now.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning import LightningModule, Trainer
 from torch import Tensor
 from torch.optim import Optimizer
 
+import prismrl
+from prismrl.callbacks.numerical_guard import NumericalGuard
 from prismrl.optim import OptimizerSettings
+
+CHECKPOINT_KEY = "prismrl"
+
+
+def stage_name(module_class: type) -> str:
+    """``"<module>.<Class>"`` of a stage class, the name checkpoints record."""
+    return f"{module_class.__module__}.{module_class.__qualname__}"
+
+
+def check_checkpoint_stage(checkpoint: dict[str, Any], module_class: type, where: str = "ckpt_path") -> None:
+    """ValueError naming both stages when ``checkpoint`` was written by another stage than ``module_class``.
+
+    Checkpoints without the record (written by another program) pass: there is nothing to compare.
+    """
+    record = checkpoint.get(CHECKPOINT_KEY) or {}
+    written_by, expected = record.get("stage"), stage_name(module_class)
+    if written_by is not None and written_by != expected:
+        raise ValueError(f"{where}: the checkpoint was written by stage {written_by} (prismrl "
+                         f"{record.get('version', '?')}); this run's model is {expected}: give a checkpoint of that stage")
 
 
 def built_from_config() -> bool:
@@ -49,6 +75,18 @@ class StageModule(LightningModule):
 
     def on_train_start(self) -> None:
         restore_pending_dataloader_states(self.trainer)
+
+    def configure_callbacks(self) -> list:
+        has_guard = self._trainer is not None and any(isinstance(c, NumericalGuard) for c in self.trainer.callbacks)
+        return [] if has_guard else [NumericalGuard()]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Subclasses that override this call ``super().on_save_checkpoint(checkpoint)``."""
+        checkpoint[CHECKPOINT_KEY] = {"stage": stage_name(type(self)), "version": prismrl.__version__}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Subclasses that override this call ``super().on_load_checkpoint(checkpoint)`` first."""
+        check_checkpoint_stage(checkpoint, type(self))
 
     def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if gradient_clip_val is None:

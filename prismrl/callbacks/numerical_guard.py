@@ -1,0 +1,104 @@
+"""Numerical guard: no step trains on a non-finite loss or gradient, no checkpoint holds a non-finite weight.
+
+Every prismrl stage adds a ``NumericalGuard`` unless the Trainer already has one (``StageModule.configure_callbacks``).
+
+- ``on_before_backward``: the loss must be finite;
+- ``on_before_optimizer_step``: the global gradient norm ``sqrt(sum_p ||grad_p||^2)`` must be finite;
+- ``on_save_checkpoint``: every floating-point tensor of the module's state dict must be finite.
+
+``on_nonfinite="stop"`` (default) raises ``NonFiniteError`` naming the step and the component;
+``"skip_step"`` drops the step's gradients (the optimizer then leaves every parameter as it is), counts the skip
+(``train/skipped_steps``) and stops once ``max_consecutive_skips`` steps in a row were skipped. Stages check
+their own components too (rewards, advantages) with ``check_finite``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from prismrl.choices import check_positive_int, parse_choice
+
+
+class OnNonFinite(str, Enum):
+    STOP = "stop"
+    SKIP_STEP = "skip_step"
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, reward, advantage, gradient or weight is NaN or infinite."""
+
+
+def check_finite(component: str, value: Tensor, step: int | None = None) -> None:
+    """NonFiniteError "step S: <component> is not finite (k of n values are nan/inf)" unless every value is finite."""
+    bad = ~torch.isfinite(value.detach())
+    if bad.any():
+        where = f"step {step}: " if step is not None else ""
+        raise NonFiniteError(f"{where}{component} is not finite ({int(bad.sum())} of {bad.numel()} values are "
+                             f"nan/inf); lower optimizer.lr, check the data, or set NumericalGuard on_nonfinite: skip_step")
+
+
+def gradient_norm(module: torch.nn.Module) -> Tensor:
+    """The global L2 norm of every gradient of ``module`` (0 when none exists), as a float32 scalar."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)  # one kernel per device and dtype
+    return torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device) for n in norms]))
+
+
+class NumericalGuard(Callback):
+    """Stop (or skip the step) on a non-finite loss or gradient; refuse to checkpoint non-finite weights."""
+
+    def __init__(self, on_nonfinite: str = "stop", max_consecutive_skips: int = 10) -> None:
+        super().__init__()
+        self.on_nonfinite = parse_choice(OnNonFinite, on_nonfinite, "on_nonfinite")
+        self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self._skip_pending = False
+
+    def _handle(self, trainer: pl.Trainer, component: str, value: Tensor) -> None:
+        try:
+            check_finite(component, value, trainer.global_step)
+        except NonFiniteError:
+            if self.on_nonfinite is OnNonFinite.STOP:
+                raise
+            self._skip_pending = True
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        self._handle(trainer, "the loss", loss)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if not self._skip_pending:
+            self._handle(trainer, "the gradient norm", gradient_norm(pl_module))
+        if not self._skip_pending:
+            self.consecutive_skips = 0
+            return
+        self._skip_pending = False
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None  # the optimizer skips parameters without a gradient
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        pl_module.log("train/skipped_steps", float(self.skipped_steps))
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            raise NonFiniteError(f"step {trainer.global_step}: {self.consecutive_skips} steps in a row had a non-finite "
+                                 f"loss or gradient (max_consecutive_skips={self.max_consecutive_skips}); stopping")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for name, tensor in checkpoint.get("state_dict", {}).items():
+            if isinstance(tensor, Tensor) and tensor.is_floating_point():
+                check_finite(f"weight {name!r} (checkpoint not written)", tensor, trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self.consecutive_skips = int(state_dict.get("consecutive_skips", 0))
