@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,20 +28,48 @@ def cache_dir(kind: str, **parts: object) -> Path:
 
 
 MANIFEST = "manifest.json"
+CONTENTS = ".contents.json"  # {relative path: size in bytes} of every file, written at publication
+log = logging.getLogger(__name__)
+
+
+def _inventory(folder: Path) -> dict[str, int]:
+    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != CONTENTS}
+
+
+def cache_damage(folder: Path, marker: str = MANIFEST) -> str | None:
+    """Why the published cache folder is not whole (a file missing, a size changed, no inventory), or None."""
+    if not (folder / marker).is_file():
+        return f"its marker {marker!r} is missing"
+    try:
+        expected = json.loads((folder / CONTENTS).read_text())
+    except (OSError, ValueError):
+        return f"its inventory {CONTENTS!r} is missing or unreadable"
+    for name, size in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name!r} is missing"
+        if path.stat().st_size != size:
+            return f"{name!r} has {path.stat().st_size} bytes, {size} when it was built"
+    return None
 
 
 def publish_cache_dir(final: Path, build: Callable[[Path], None], marker: str = MANIFEST) -> Path:
     """Build a cache folder once, atomically: ``build(tmp)`` fills a temp folder beside ``final`` (writing
-    ``marker`` last), which is then renamed to ``final``.
+    ``marker`` last); the size of every file is recorded in ``CONTENTS`` and the folder is renamed to ``final``.
 
-    A folder without ``marker`` was never published (a crashed build) and is replaced; when two processes
-    build at once, the loser of the rename finds the winner's complete copy and uses it.
+    A published folder is checked on every call (every recorded file present with its size; no file is read): a
+    damaged one (a crashed build, a deleted or truncated file) is logged and rebuilt. When two processes build at
+    once, the loser of the rename finds the winner's complete copy and uses it.
     """
-    if (final / marker).is_file():
+    damage = cache_damage(final, marker) if final.exists() else "not built yet"
+    if damage is None:
         return final
     import shutil
     import tempfile
 
+    if final.exists():
+        log.warning("cache %s is damaged (%s); rebuilding it", final, damage)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
@@ -48,12 +77,15 @@ def publish_cache_dir(final: Path, build: Callable[[Path], None], marker: str = 
         build(tmp)
         if not (tmp / marker).is_file():
             raise RuntimeError(f"cache build for {final}: the builder did not write its marker file {marker!r}")
-        if final.exists() and not (final / marker).is_file():
-            shutil.rmtree(final, ignore_errors=True)  # not published by a builder: a damaged copy
+        (tmp / CONTENTS).write_text(json.dumps(_inventory(tmp), indent=1))
+        if final.exists() and cache_damage(final, marker) is not None:
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}-damaged-", dir=final.parent))
+            os.rename(final, old / final.name)  # out of the way in one step; removed below
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / marker).is_file():  # the rename lost to no complete copy: a real error
+            if cache_damage(final, marker) is not None:  # the rename lost to no complete copy: a real error
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,13 +1,18 @@
-"""Config-value checks with errors that name the field, what was expected and what was received."""
+"""Checks with errors that name the field (or component), what was expected and what was received: config values,
+finite tensors, and the settings classes allowed in checkpoints."""
 
 from __future__ import annotations
 
-from enum import Enum
 import math
+from enum import Enum
 from numbers import Real
 from typing import Any, TypeVar
 
+import torch
+from torch import Tensor
+
 E = TypeVar("E", bound=Enum)
+T = TypeVar("T", bound=type)
 
 
 def parse_choice(enum: type[E], value: Any, field: str) -> E:
@@ -32,3 +37,23 @@ def check_positive_float(name: str, value: Any, allow_zero: bool = False) -> flo
             or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a finite float {bound}, received {value!r}")
     return float(value)
+
+
+def checkpoint_safe(cls: T) -> T:
+    """Class decorator: allow ``cls`` (a settings dataclass stored in a module's hyperparameters) in checkpoints
+    read with ``torch.load(..., weights_only=True)``; nothing else executes on load."""
+    torch.serialization.add_safe_globals([cls])
+    return cls
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, reward, advantage, gradient or weight is NaN or infinite."""
+
+
+def check_finite(component: str, value: Tensor, step: int | None = None) -> None:
+    """NonFiniteError "step S: <component> is not finite (k of n values are nan/inf)" unless every value is finite."""
+    bad = ~torch.isfinite(value.detach())
+    if bad.any():
+        where = f"step {step}: " if step is not None else ""
+        raise NonFiniteError(f"{where}{component} is not finite ({int(bad.sum())} of {bad.numel()} values are "
+                             f"nan/inf); lower optimizer.lr, check the data, or set NumericalGuard on_nonfinite: skip_step")

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prismrl.choices import check_positive_float
+from prismrl.choices import check_positive_float, checkpoint_safe
 
 
+@checkpoint_safe
 @dataclass(frozen=True)
 class OptimizerSettings:
     """AdamW and its warmup + cosine schedule, shared by every stage.

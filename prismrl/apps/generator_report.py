@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from prismrl.checkpoints import load_checkpoint
 from prismrl.evaluation.synthetic_quality import class_distances
 
 METRICS = ("golden_accuracy", "golden_loss", "inter", "intra", "silhouette", "parse_failure_rate", "num_valid")
@@ -38,10 +39,8 @@ def load_stage(checkpoint: str | Path):
     from prismrl.lightning_modules.generator_ppo import GeneratorPPOModule
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: expected a GeneratorPPOModule checkpoint file, received {str(path)!r}")
-    module = GeneratorPPOModule.load_from_checkpoint(path, map_location="cpu").eval()
-    saved = torch.load(path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
+    saved = load_checkpoint(path, field="checkpoint").get("datamodule_hyper_parameters", {})
+    module = GeneratorPPOModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     data = GoldenTextDataModule(**{k: v for k, v in saved.items() if not k.startswith("_")})
     data.setup("fit")
     module.bind_golden(data.train_set, data.val_set)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from prismrl.choices import check_positive_int
+from prismrl.choices import check_positive_int, checkpoint_safe
 
 ALL_LINEAR = "all-linear"
 # Leaf names of output heads that "all-linear" leaves alone.
@@ -18,6 +18,7 @@ OUTPUT_HEAD_NAMES = frozenset({"lm_head", "classifier", "score", "qa_outputs", "
 BIAS_MODES = ("none", "all", "lora_only")
 
 
+@checkpoint_safe
 @dataclass
 class LoraSettings:
     """LoRA hyper-parameters.

@@ -35,11 +35,16 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map `shipped:<alias>` to its local folder; return any other string unchanged."""
+    """Map `shipped:<alias>` to its local folder; a path (./x, /x, ~/x, a/b/c) must exist; a hub id passes unchanged."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise TypeError(f"name_or_path: expected a non-empty str, received {name_or_path!r}")
     if not name_or_path.startswith(SHIPPED_PREFIX):
-        return name_or_path
+        path = os.path.expanduser(name_or_path)
+        looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # hub ids are org/name
+        if looks_local and not os.path.exists(path):
+            raise FileNotFoundError(f"model_name_or_path: expected a local model folder or a hub id (org/name), received "
+                                    f"{name_or_path!r}, which is no folder on this machine")
+        return path if looks_local else name_or_path
     alias = name_or_path[len(SHIPPED_PREFIX):]
     if alias not in SHIPPED_MODELS:
         known = ", ".join(SHIPPED_PREFIX + k for k in sorted(SHIPPED_MODELS))

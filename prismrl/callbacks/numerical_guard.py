@@ -22,25 +22,19 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from prismrl.choices import check_positive_int, parse_choice
+from prismrl.choices import (
+    NonFiniteError,
+    check_finite,
+    check_positive_int,
+    parse_choice,
+)
+
+__all__ = ["NonFiniteError", "NumericalGuard", "OnNonFinite", "check_finite", "gradient_norm"]
 
 
 class OnNonFinite(str, Enum):
     STOP = "stop"
     SKIP_STEP = "skip_step"
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, reward, advantage, gradient or weight is NaN or infinite."""
-
-
-def check_finite(component: str, value: Tensor, step: int | None = None) -> None:
-    """NonFiniteError "step S: <component> is not finite (k of n values are nan/inf)" unless every value is finite."""
-    bad = ~torch.isfinite(value.detach())
-    if bad.any():
-        where = f"step {step}: " if step is not None else ""
-        raise NonFiniteError(f"{where}{component} is not finite ({int(bad.sum())} of {bad.numel()} values are "
-                             f"nan/inf); lower optimizer.lr, check the data, or set NumericalGuard on_nonfinite: skip_step")
 
 
 def gradient_norm(module: torch.nn.Module) -> Tensor:
@@ -90,6 +84,11 @@ class NumericalGuard(Callback):
         if self.consecutive_skips >= self.max_consecutive_skips:
             raise NonFiniteError(f"step {trainer.global_step}: {self.consecutive_skips} steps in a row had a non-finite "
                                  f"loss or gradient (max_consecutive_skips={self.max_consecutive_skips}); stopping")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A NonFiniteError raised inside a stage (its policy logits, rewards, ...) gets the step it happened at."""
+        if isinstance(exception, NonFiniteError) and exception.args and not str(exception.args[0]).startswith("step "):
+            exception.args = (f"step {trainer.global_step}: {exception.args[0]}", *exception.args[1:])
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         for name, tensor in checkpoint.get("state_dict", {}).items():

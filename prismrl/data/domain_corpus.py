@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prismrl.cache import cache_dir, content_key, publish_cache_dir
+from prismrl.cache import cache_damage, cache_dir, content_key, publish_cache_dir
 
 CORPUS_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -171,7 +171,7 @@ def ensure_domain_corpus(
     parts = dict(version=CORPUS_VERSION, corpus=corpus, source=digest, passage_words=passage_words,
                  min_words=min_words, val_fraction=val_fraction, seed=seed)
     final = cache_dir("domain_corpus", **parts) if root is None else Path(root) / "domain_corpus" / content_key(**parts)
-    if (final / _MANIFEST).is_file():
+    if cache_damage(final, _MANIFEST) is None:  # skip the split when a whole copy exists
         return _corpus_at(final)
     train, val = split_documents(documents, passage_words, min_words, val_fraction, seed)
 

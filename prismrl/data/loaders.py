@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from prismrl.choices import check_positive_int
+from prismrl.choices import check_positive_int, checkpoint_safe
 
 
+@checkpoint_safe
 @dataclass(frozen=True)
 class LoaderSettings:
     """How a DataModule loads batches, shared by every DataModule.
@@ -59,11 +60,6 @@ class LoaderSettings:
     def worker_kwargs(self) -> dict[str, Any]:
         """The ``DataLoader`` keyword arguments besides the batch size: ``num_workers`` and ``pin_memory``."""
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
-
-
-# A DataModule built in Python records its LoaderSettings among the checkpoint's hyperparameters; resuming from
-# that checkpoint loads it with ``torch.load(weights_only=True)``, which accepts only allow-listed classes.
-torch.serialization.add_safe_globals([LoaderSettings])
 
 
 def resolve_rank_world(trainer: Any | None = None) -> tuple[int, int]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from prismrl.choices import check_positive_int
 from prismrl.data.digit_qa import QUESTION_TYPES, ensure_digit_qa
 from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
-from prismrl.choices import check_positive_int
 from prismrl.data.loaders import (
     LoaderSettings,
     ResumableDataLoader,
@@ -19,7 +18,7 @@ from prismrl.data.loaders import (
 )
 from prismrl.data.qa import ParquetImageQADataset, collate_image_qa
 from prismrl.datamodules.delegating import DelegatingDataModule
-from prismrl.datamodules.parquet import ParquetRowGroupDataset
+from prismrl.datamodules.parquet import ParquetRowGroupDataset, open_parquet
 
 
 class ParquetQADataModule(LightningDataModule):
@@ -60,7 +59,7 @@ class ParquetQADataModule(LightningDataModule):
         path = self.paths[field]
         if not path.is_file():
             raise FileNotFoundError(f"{field}: no Parquet file at '{path}'")
-        available = pq.ParquetFile(path).schema_arrow.names
+        available = open_parquet(path).schema_arrow.names
         for arg, column in self.columns.items():
             if column is not None and column not in available:
                 raise ValueError(f"{arg}: column '{column}' not found in {path.name}; available columns: {available}")

@@ -17,13 +17,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 
+from prismrl.choices import check_positive_int
 from prismrl.data.golden_text import (
     GoldenTextSet,
     load_golden_texts,
     read_labelled_lines,
     split_golden,
 )
-from prismrl.choices import check_positive_int
 from prismrl.data.loaders import LoaderSettings, ResumableDataLoader, resolve_rank_world
 
 

@@ -43,6 +43,17 @@ from prismrl.data.loaders import (
 )
 
 
+def open_parquet(path: str | Path, field: str = "path") -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``; FileNotFoundError / ValueError naming ``field`` and the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}: expected a Parquet file, received '{path}' (no such file)")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{field}: '{path}' is not a readable Parquet file ({err})") from None
+
+
 class ParquetRowGroupDataset(Dataset):
     """Rows ``rows`` (sorted file row numbers; default all) of a Parquet file as dicts of ``columns``.
 
@@ -54,7 +65,7 @@ class ParquetRowGroupDataset(Dataset):
     ) -> None:
         self.path = Path(path)
         self.columns = list(columns)
-        metadata = pq.ParquetFile(self.path).metadata
+        metadata = open_parquet(self.path).metadata
         sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
         self.group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # [G + 1]
         total = int(self.group_starts[-1])
@@ -180,9 +191,7 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
     must be null, -1 or in ``[0, num_classes)``; logged rewards finite and actions >= 0. Only those columns
     are streamed, in one pass.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{field}: no Parquet file at '{path}'")
-    file = pq.ParquetFile(path)
+    file = open_parquet(path, field)
     available = file.schema_arrow.names
     for arg, column in columns.items():
         if column is not None and column not in available:
@@ -214,9 +223,32 @@ def check_parquet(path: Path, field: str, columns: dict[str, str | None], num_cl
     return row
 
 
+def check_images(path: Path, image_column: str | None, image_path_column: str | None, rows: int | None) -> None:
+    """Decode the images of the first ``rows`` rows of ``path`` (None = every row) before training; a bad image
+    raises the ValueError of ``decode_image`` naming the row and column (a missing file: FileNotFoundError)."""
+    column = image_column or image_path_column
+    if rows == 0:
+        return
+    checked = 0
+    for batch in open_parquet(path).iter_batches(batch_size=256, columns=[column]):
+        for value in batch.column(column).to_pylist():
+            where = f"row {checked} of column '{column}' in {path.name}"
+            if image_path_column is not None:
+                file = path.parent / str(value)
+                if not file.is_file():
+                    raise FileNotFoundError(f"{where}: no image file at {file}")
+                value = file.read_bytes()
+            if value is None:
+                raise ValueError(f"{where}: image is null")
+            decode_image(value, where)
+            checked += 1
+            if rows is not None and checked >= rows:
+                return
+
+
 def class_names_from_column(path: Path, label_column: str, name_column: str = "label_name") -> list[str] | None:
     """``names[label]`` from (label, label_name) pairs in the file, or None when it has no such column."""
-    if not path.is_file() or name_column not in pq.ParquetFile(path).schema_arrow.names:
+    if not path.is_file() or name_column not in open_parquet(path).schema_arrow.names:
         return None
     mapping: dict[int, str] = {}
     table = pq.read_table(path, columns=[label_column, name_column])
@@ -242,6 +274,8 @@ class ParquetDataModule(LightningDataModule):
     works with or without ``use_distributed_sampler``); validation is sequential and sharded by rank like
     ``DistributedSampler`` (padded by wrapping around). Without ``val_path``, a ``val_fraction`` of the
     train file's rows (drawn with ``seed``) is held out. ``loader``: batch sizes, workers, pinned memory.
+    ``image_check_rows``: the images of each file's first rows decoded during ``setup`` (None = every row, 0 = none),
+    so an undecodable image fails before training, naming its row and column.
     """
 
     def __init__(
@@ -265,9 +299,13 @@ class ParquetDataModule(LightningDataModule):
         seed: int = 0,
         drop_last: bool = True,
         row_group_window: int = 4,
+        image_check_rows: int | None = 1024,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if image_check_rows is not None:
+            check_positive_int("image_check_rows", image_check_rows, minimum=0)
+        self.image_check_rows = image_check_rows
         if (image_column is None) == (image_path_column is None):
             raise ValueError(
                 f"image_column / image_path_column: expected exactly one to be set, got "
@@ -316,6 +354,8 @@ class ParquetDataModule(LightningDataModule):
         names = self.class_names
         num_classes = len(names) if names is not None else None
         num_rows = check_parquet(self.train_path, "train_path", self._columns(), num_classes, self.optional_captions)
+        for path in (self.train_path, self.val_path) if self.val_path is not None else (self.train_path,):
+            check_images(path, self.image_column, self.image_path_column, self.image_check_rows)
         if self.val_path is not None:
             check_parquet(self.val_path, "val_path", self._columns(), num_classes, self.optional_captions)
             self.train_dataset = self._dataset(self.train_path, None)

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from prismrl.data.images import decode_image, to_rgb
 from prismrl.choices import check_positive_int
+from prismrl.data.images import decode_image, to_rgb
 from prismrl.data.loaders import (
     LoaderSettings,
     ResumableDataLoader,
@@ -30,7 +30,7 @@ from prismrl.data.loaders import (
     resolve_rank_world,
 )
 from prismrl.data.records import PromptRecord
-from prismrl.datamodules.parquet import ParquetRowGroupDataset, split_rows
+from prismrl.datamodules.parquet import ParquetRowGroupDataset, open_parquet, split_rows
 from prismrl.rewards.functions import ExactMatchReward, RewardFunction
 from prismrl.rewards.tasks import get_task
 
@@ -71,7 +71,7 @@ def check_prompt_parquet(path: Path, field: str) -> tuple[int, bool]:
     """Validate a prompt file's columns and prompts; returns (row count, has an image column)."""
     if not path.is_file():
         raise FileNotFoundError(f"{field}: no Parquet file at '{path}'")
-    schema = pq.ParquetFile(path).schema_arrow
+    schema = open_parquet(path, "records_path").schema_arrow
     for column, kind, ok in (
         (PROMPT_COLUMN, "strings", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
         (ANSWER_COLUMN, "strings or numbers", _is_answer),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -27,6 +28,7 @@ import webdataset as wds
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from prismrl.choices import check_positive_int
 from prismrl.data.audio import decode_wav
 from prismrl.data.collate import ImageTextSample, collate_image_text
 from prismrl.data.images import (
@@ -35,7 +37,6 @@ from prismrl.data.images import (
     ImageTransform,
     decode_image,
 )
-from prismrl.choices import check_positive_int
 from prismrl.data.loaders import LoaderSettings, resolve_rank_world
 
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://")
@@ -45,7 +46,7 @@ def expand_shards(spec: str | list[str], field: str) -> list[str]:
     """Brace-expand a pattern (or each of a list); every local path must exist."""
     patterns = [spec] if isinstance(spec, str) else list(spec)
     if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"{field}: expected a brace pattern string or a list of them, got {spec!r}")
+        raise ValueError(f"{field}: expected a brace pattern string or a list of them, received {spec!r}")
     urls = [url for pattern in patterns for url in braceexpand.braceexpand(pattern)]
     local = [u for u in urls if not u.startswith(_REMOTE_PREFIXES)]
     missing = [u for u in local if not os.path.isfile(u.removeprefix("file:"))]
@@ -55,7 +56,28 @@ def expand_shards(spec: str | list[str], field: str) -> list[str]:
         raise FileNotFoundError(
             f"{field}: {len(missing)} of {len(urls)} shards of {spec!r} are missing, e.g. '{missing[0]}'"
         )
+    for url in local:
+        check_tar_shard(url.removeprefix("file:"), field)
     return urls
+
+
+def check_tar_shard(path: str, field: str) -> None:
+    """ValueError naming ``field`` and the shard when ``path`` is not a whole tar archive.
+
+    Reads the member headers only (seeks over the data). A cut inside a header or a member raises in tarfile; a cut
+    between members leaves no end-of-archive marker: a whole archive has at least two zero blocks (1,024 bytes)
+    after its last member's data, padded to 512-byte blocks.
+    """
+    try:
+        with tarfile.open(path) as archive:
+            members = archive.getmembers()
+    except (tarfile.TarError, OSError) as err:
+        raise ValueError(f"{field}: shard '{path}' is not a readable tar archive ({err}); rewrite the shard") from None
+    if members:
+        data_end = -(-(members[-1].offset_data + members[-1].size) // 512) * 512
+        if os.path.getsize(path) < data_end + 1024:
+            raise ValueError(f"{field}: shard '{path}' is truncated: it ends {os.path.getsize(path)} bytes in, without the "
+                             f"end-of-archive marker after its last member '{members[-1].name}'; rewrite the shard")
 
 
 class RankSplitter:

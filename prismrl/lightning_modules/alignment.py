@@ -111,7 +111,7 @@ class AlignmentModule(StageModule):
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"text_dropout: expected a probability in [0, 1), received {text_dropout!r}")
         dims = [d for d in (matryoshka_dims or []) if d != embed_dim]
-        validate_matryoshka_dims(dims, embed_dim)
+        validate_matryoshka_dims(dims, embed_dim, field="matryoshka_dims")
         self.embed_dim = embed_dim
         self.eval_dims = [*dims, embed_dim]
         self.audio_tower = audio_tower

@@ -38,8 +38,8 @@ class MatryoshkaLossOutput:
     mrl: Tensor
 
 
-def validate_matryoshka_dims(dims: Sequence[int], full_dim: int | None) -> list[int]:
-    """Return ``dims`` as a list after checking: strictly increasing positive ints, each <= full_dim."""
+def validate_matryoshka_dims(dims: Sequence[int], full_dim: int | None, field: str = "dims") -> list[int]:
+    """Return ``dims`` as a list after checking: strictly increasing positive ints, each <= full_dim (errors name ``field``)."""
     problem = ""
     if not isinstance(dims, Sequence) or isinstance(dims, str):
         problem = f"a {type(dims).__name__}, not a list"
@@ -51,7 +51,7 @@ def validate_matryoshka_dims(dims: Sequence[int], full_dim: int | None) -> list[
         problem = f"{dims[-1]} exceeds the full feature dim {full_dim}"
     if problem:
         bound = f" and <= full_dim={full_dim}" if full_dim is not None else ""
-        raise ValueError(f"dims: expected strictly increasing positive ints{bound}, received {dims!r} ({problem})")
+        raise ValueError(f"{field}: expected strictly increasing positive ints{bound}, received {dims!r} ({problem})")
     return list(dims)
 
 

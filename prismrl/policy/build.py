@@ -26,6 +26,7 @@ from prismrl.backbones.lora import (
     apply_lora,
     enable_gradient_checkpointing,
 )
+from prismrl.choices import checkpoint_safe
 from prismrl.policy.adapters.registry import tiny_policy_config
 
 # Path components that name a VLM's vision side (Qwen2-VL "visual", LLaVA "vision_tower" +
@@ -46,6 +47,7 @@ def language_model_linear_names(model: nn.Module, include_vision: bool = False) 
     return names
 
 
+@checkpoint_safe
 @dataclass(frozen=True)
 class PolicySettings:
     """The (vision-)language policy of an RL stage (YAML: ``model.init_args.policy``).

@@ -20,10 +20,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prismrl.choices import check_positive_float, check_positive_int, parse_choice
+from prismrl.choices import (
+    check_positive_float,
+    check_positive_int,
+    checkpoint_safe,
+    parse_choice,
+)
 from prismrl.rl.logprobs import entropy_from_logits, shift_for_causal_lm, token_logprobs
 
 
+@checkpoint_safe
 @dataclass
 class SamplingSettings:
     """How completions are sampled: temperature / top-p / top-k (0 = off) and the completion budget."""
@@ -120,6 +126,7 @@ class RolloutEngineKind(str, Enum):
 ROLLOUT_ENGINES: dict[RolloutEngineKind, type[RolloutEngine]] = {RolloutEngineKind.HF: HFRolloutEngine}
 
 
+@checkpoint_safe
 @dataclass(frozen=True)
 class RolloutSettings:
     """Which engine samples the rollouts (YAML: ``rollout: {engine: hf}``); "hf" = the policy's own ``generate``."""
@@ -140,6 +147,7 @@ class PackingAttention(str, Enum):
     POSITION_IDS = "position_ids"
 
 
+@checkpoint_safe
 @dataclass
 class PackingSettings:
     """Pack the rollout's sequences into rows of ``max_tokens_per_row`` for the training forward passes.

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prismrl.choices import check_positive_int
+from prismrl.choices import check_positive_int, checkpoint_safe
 from prismrl.evaluation.synthetic_quality import class_distances, parse_metric
 from prismrl.rewards.normalizer import RewardNormalizer
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("inter", "intra", "golden_loss")
 
 
+@checkpoint_safe
 @dataclass(frozen=True)
 class RewardWeights:
     """w1 (inter), w2 (intra), w3 (golden_loss): finite, >= 0, not all zero."""

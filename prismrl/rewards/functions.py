@@ -158,6 +158,22 @@ class CallableReward:
         return self.target(completions, records)
 
 
+def build_reward(value: Any, field: str = "reward") -> RewardFunction:
+    """``value`` when callable; a ``{class_path, init_args}`` config that the CLI could not instantiate is built here, so
+    its own error (an import path that does not exist, a bad argument) is the one the user reads."""
+    if callable(value):
+        return value
+    class_path = getattr(value, "class_path", None) or (value.get("class_path") if isinstance(value, dict) else None)
+    if isinstance(class_path, str):
+        init_args = getattr(value, "init_args", None) if not isinstance(value, dict) else value.get("init_args")
+        kwargs = dict(vars(init_args) if hasattr(init_args, "__dict__") else (init_args or {}))
+        target = import_callable(class_path, f"{field}.class_path")(**kwargs)
+        if callable(target):
+            return target
+        value = target
+    raise TypeError(f"{field}: expected a callable reward function, received {type(value).__name__}")
+
+
 def check_rewards(values: Any, fn_name: str, expected: int) -> Tensor:
     """A reward function's output -> float32 tensor [N]; TypeError for non-numbers, ValueError for a wrong
     length, shape or a NaN / inf (naming the function and the first bad index)."""

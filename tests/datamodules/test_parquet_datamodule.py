@@ -76,10 +76,12 @@ def test_undecodable_image_names_the_row(tmp_path, writers):
     rows = writers.make_rows(16)
     rows[5]["image"] = b"not an image at all"
     path = writers.write_parquet(tmp_path / "train.parquet", rows)
-    dm = module(path, val_path=str(path))
+    with pytest.raises(ValueError, match=r"row 5 of column 'image' in train\.parquet: could not decode"):
+        module(path, val_path=str(path)).setup("fit")  # found by the check pass, before training
+    dm = module(path, val_path=str(path), image_check_rows=5)
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"row 5 of column 'image' in train\.parquet: could not decode"):
-        dm.train_dataset[5]
+        dm.train_dataset[5]  # and when read, if the check pass did not reach it
 
 
 def test_missing_column_lists_the_available_ones(parquet_file):
@@ -169,7 +171,10 @@ def test_image_path_column(tmp_path, writers):
         rows.append({"path": f"images/{i}.png", "caption": f"file {i}", "label": i % 2})
     rows[7]["path"] = "images/missing.png"
     path = writers.write_parquet(tmp_path / "files.parquet", rows, row_group_size=4)
-    dm = module(path, val_path=str(path), image_column=None, image_path_column="path", label_column="label")
+    with pytest.raises(FileNotFoundError, match=r"row 7 of column 'path' in files\.parquet: no image file"):
+        module(path, val_path=str(path), image_column=None, image_path_column="path", label_column="label").setup("fit")
+    dm = module(path, val_path=str(path), image_column=None, image_path_column="path", label_column="label",
+                image_check_rows=0)
     dm.setup("fit")
     assert dm.train_dataset[3].pixel_values.shape == (3, 12, 12)
     assert dm.class_names is None
@@ -178,7 +183,7 @@ def test_image_path_column(tmp_path, writers):
 
 
 def test_missing_file_names_the_field(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_path: no Parquet file"):
+    with pytest.raises(FileNotFoundError, match="train_path: expected a Parquet file, received .*nope.parquet. \\(no such file\\)"):
         module(tmp_path / "nope.parquet", class_names=["a"]).setup("fit")
 
 

@@ -29,7 +29,7 @@ def test_every_mode_trains_and_writes_checkpoints_and_metrics(runs, mode):
     assert cli.model.mode == mode
     checkpoints = {p.name for p in (workdir / RUN / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 8 and last["prismrl_actor_critic"]["mode"] == mode
     with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))

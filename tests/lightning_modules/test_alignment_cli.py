@@ -26,7 +26,7 @@ def test_fit_writes_checkpoints_events_plots_and_metrics(tiny_run):
     run = workdir / "runs/alignment/tiny"
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == cli.trainer.global_step and last["epoch"] == cli.trainer.max_epochs - 1
     assert "prismrl_rng" in last and last["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     events = list((run / "logs/tiny").glob("events.out.tfevents.*"))

@@ -24,7 +24,7 @@ def test_tiny_run_trains_logs_and_checkpoints(cli_tools, full_run):
     assert cli.trainer.global_step == 2 * 2 * STEPS_PER_ITERATION  # epochs x iterations x optimizer steps
     checkpoints = {p.name for p in (workdir / RUN / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     normalizer = next(v for k, v in last["callbacks"].items() if k.startswith("RewardNormalizationCallback"))
     assert [len(normalizer["history"][c]) for c in ("inter", "intra", "golden_loss")] == [4, 4, 4]  # one entry per iteration
     with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:

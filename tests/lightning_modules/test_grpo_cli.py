@@ -32,7 +32,7 @@ def run(cli_tools, tmp_path_factory):
 def test_tiny_config_trains_logs_and_checkpoints(run):
     workdir, cli = run
     assert cli.trainer.global_step == 16  # 4 rollouts x 2 iterations x 2 minibatches
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 16
     trainable = {f"policy.{n}" for n, p in cli.model.policy.named_parameters() if p.requires_grad}
     assert set(last["state_dict"]) == trainable  # LoRA: no frozen base weights in the checkpoint

@@ -84,7 +84,7 @@ def test_fit_trains_in_stages_logs_metrics_and_exports_the_encoder(tiny_run):
 
 def test_checkpoint_holds_the_staged_unfreezing_state(tiny_run):
     workdir, cli, _ = tiny_run
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     state = last["callbacks"][next(k for k in last["callbacks"] if k.startswith("StagedUnfreezing"))]
     assert state["applied_epoch"] == 1 and len(state["internal_optimizer_metadata"][0]) == len(cli.trainer.optimizers[0].param_groups)
     assert any(isinstance(c, StagedUnfreezing) for c in cli.trainer.callbacks)

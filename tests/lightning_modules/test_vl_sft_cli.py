@@ -29,7 +29,7 @@ def test_both_decoders_train_and_write_checkpoints_metrics_and_answers(runs, nam
     run = workdir / f"runs/vl_sft/tiny_{name}"
     checkpoints = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in checkpoints and any(n.startswith("best-") for n in checkpoints)
-    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 8
     with open(run / "logs/tiny/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -113,7 +113,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_local_loss_with_gather_matches_single_process(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for case in CASES:
         ref_loss, ref_grads = _run_case(case, slice(0, BATCH))
         mean_loss = sum(r[case][0] for r in ranks) / WORLD

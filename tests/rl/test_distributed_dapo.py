@@ -63,7 +63,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_dapo_global_normalization_matches_single_process(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     ref_loss, ref_grad = _loss_and_grad(slice(0, 4), LossAggregation.BNPO)
     assert all(r["count"].item() == 14 for r in ranks)
     assert abs(sum(r["dapo"][0] for r in ranks) / WORLD - ref_loss) < 1e-12
