@@ -141,3 +141,37 @@ def test_epochs_reshuffle_the_same_samples(shards, num_workers):
     epoch = {"value": 1}
     pinned = module(shards, samples_per_epoch=80, num_workers=num_workers).make_train_loader(0, 1, lambda: epoch["value"])
     assert keys(pinned) == second and keys(pinned) == second  # the epoch comes from epoch_fn (the trainer)
+
+
+@pytest.mark.parametrize("num_workers,stop_after", [(0, 7), (2, 7), (2, 10), (3, 13)])
+def test_mid_epoch_resume_is_exact(shards, num_workers, stop_after):
+    """Stop an epoch after k batches, hand the loader's state to a fresh loader (a new process would build one): it
+    yields exactly the batches the uninterrupted run yields from k on, then the next epochs as usual."""
+    epoch = {"value": 0}
+
+    def loader():
+        return module(shards, samples_per_epoch=80, num_workers=num_workers, shuffle_buffer=8).make_train_loader(
+            0, 1, lambda: epoch["value"])
+
+    whole = [keys(loader()) for epoch["value"] in (0, 1)]
+    epoch["value"] = 0
+    interrupted = loader()
+    batches = iter(interrupted)
+    seen = [k for _, batch in zip(range(stop_after), batches) for k in batch.sample_ids]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 0, "batches_done": stop_after}
+    del batches
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = keys(resumed)
+    assert seen + rest == whole[0]  # no sample repeated or skipped
+    epoch["value"] = 1
+    assert keys(resumed) == whole[1]
+
+
+def test_a_finished_epoch_resumes_at_the_next_one(shards):
+    loader = module(shards, samples_per_epoch=80).make_train_loader(0, 1)
+    loader.load_state_dict({"epoch": 0, "batches_done": 20})
+    assert loader._resume == (1, 0)
+    with pytest.raises(ValueError, match="EpochLoader state: expected keys epoch, batches_done"):
+        loader.load_state_dict({"epoch": 0})

@@ -29,13 +29,18 @@ trainer:
                   save_last: true}}
     - class_path: prismrl.callbacks.RNGStateCallback
 """
-STAGES = {"alignment": "configs/alignment/tiny.yaml", "actor_critic": "configs/actor_critic/tiny.yaml"}
+STAGES = {"alignment": ("configs/alignment/tiny.yaml",), "actor_critic": ("configs/actor_critic/tiny.yaml",),
+          # WebDataset tar shards read by 2 worker processes: the resumed epoch continues mid-stream
+          "alignment_webdataset": ("configs/alignment/tiny.yaml", "--data.init_args.format", "webdataset",
+                                   "--data.init_args.loader.num_workers", "2", "--data.init_args.samples_per_epoch", "192")}
 
 
-def _command(repo_root: Path, config: str, root: Path, *extra: str) -> list[str]:
+def _command(repo_root: Path, stage: tuple[str, ...], root: Path, *extra: str) -> list[str]:
     overlay = root.parent / f"{root.name}.yaml"
     overlay.write_text(OVERLAY.format(root=root))
-    return [sys.executable, "-m", "prismrl.cli", "fit", "--config", str(repo_root / config), "--config", str(overlay), *extra]
+    config, *options = stage
+    return [sys.executable, "-m", "prismrl.cli", "fit", "--config", str(repo_root / config), "--config", str(overlay),
+            *options, *extra]
 
 
 def _env() -> dict[str, str]:
