@@ -46,6 +46,17 @@ CLI_CASES = [
     (VL, ["--model.init_args.decoder_lr", "-0.1"], r"decoder_lr"),
     (PPO, ["--model.init_args.ppo_epochs", "0"], r"ppo_epochs: expected an int >= 1, received 0"),
     (PPO, ["--model.init_args.icl_strategy", "best"], r"icl_strategy: expected one of .*received 'best'"),
+    (PPO, ["--model.init_args.kl_estimator", "k5"], r"kl_estimator: expected one of .*received 'k5'"),
+    (PPO, ["--model.init_args.minibatch_size", "0"], r"minibatch_size: expected an int >= 1, received 0"),
+    (PPO, ["--model.init_args.value_lr", "0"], r"value_lr: expected a finite float > 0, received 0"),
+    (PPO, ["--model.init_args.kl_coef", "-1"], r"kl_coef: expected a finite float >= 0, received -1"),
+    (GRPO, ["--model.init_args.sampling.max_new_tokens", "0"], r"sampling.max_new_tokens: expected an int >= 1"),
+    (GRPO, ["--model.init_args.sampling.top_k", "-1"], r"sampling.top_k: expected an int >= 0"),
+    (GRPO, ["--model.init_args.packing", '{"max_tokens_per_row": 0}'], r"packing.max_tokens_per_row: expected an int >= 1"),
+    (GRPO, ["--model.init_args.packing", '{"attention": "flash"}'], r"packing.attention: expected one of .*received 'flash'"),
+    (ALIGN, ["--model.init_args.optimizer.weight_decay", "-0.1"], r"optimizer.weight_decay: expected a finite float >= 0"),
+    (ALIGN, ["--model.init_args.optimizer.min_lr_ratio", "2"], r"optimizer.min_lr_ratio: expected a float in \[0, 1\]"),
+    (AC, ["--data.init_args.loader.num_workers", "-1"], r"loader.num_workers: expected an int >= 0, received -1"),
 ]
 
 
