@@ -40,3 +40,26 @@ def test_decay_groups_split_matrices_from_scalars_and_skip_frozen():
     groups = decay_groups([("w.weight", layer.weight), ("w.bias", layer.bias), ("logit_scale", scale), ("f", frozen)], 0.1, 1e-3)
     assert [len(g["params"]) for g in groups] == [1, 2]
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+
+
+def test_adamw_uses_the_fused_kernel_on_plain_tensors_and_matches_the_loop():
+    from prismrl.optim import OptimizerSettings, adamw_kernel, adamw_with_schedule
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    groups = [{"params": list(model.parameters())}]
+    assert adamw_kernel(OptimizerSettings(), groups) == {"fused": True}
+    assert adamw_kernel(OptimizerSettings(fused=False), groups) == {"foreach": True}
+    config = adamw_with_schedule(OptimizerSettings(lr=1e-2), [(model.named_parameters(), 1e-2)], total_steps=4)
+    assert config["optimizer"].defaults["fused"] is True
+    reference = torch.nn.Linear(8, 4)
+    reference.load_state_dict(model.state_dict())
+    loop = torch.optim.AdamW([reference.weight, reference.bias], lr=1e-2, betas=(0.9, 0.999), weight_decay=0.01,
+                             foreach=False)
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for net, optimizer in ((model, config["optimizer"]), (reference, loop)):
+            optimizer.zero_grad()
+            net(x).pow(2).sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(model.weight, reference.weight, atol=1e-5, rtol=1e-5)  # same update, other rounding
