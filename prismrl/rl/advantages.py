@@ -13,6 +13,7 @@ from __future__ import annotations
 from enum import Enum
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from prismrl.choices import check_positive_int
@@ -76,6 +77,7 @@ def group_normalized_advantages(
     group_size: int,
     scaling: AdvantageScaling = AdvantageScaling.GROUP_STD,
     eps: float = 1e-4,
+    batch_std: Tensor | float | None = None,
 ) -> Tensor:
     """GRPO advantages: A_i = (r_i - mean_group(r)) / (s + eps), returned flat [B * G].
 
@@ -83,7 +85,8 @@ def group_normalized_advantages(
     the group's standard deviation (GROUP_STD), the standard deviation of every reward in the batch
     (BATCH_STD), or s + eps = 1 (NONE). Standard deviations use Bessel's correction (divide by n - 1),
     like ``torch.std`` and the GRPO reference trainers. A group whose rewards are all equal gets
-    exactly zero advantage in every mode (no NaN, no rounding residue).
+    exactly zero advantage in every mode (no NaN, no rounding residue). ``batch_std`` replaces the local
+    batch's std in BATCH_STD mode: pass ``global_std(rewards)`` to scale by the std over every rank's rewards.
     """
     if not isinstance(scaling, AdvantageScaling):
         raise TypeError(f"scaling: expected an AdvantageScaling, received {scaling!r}")
@@ -103,9 +106,29 @@ def group_normalized_advantages(
     if scaling is AdvantageScaling.GROUP_STD:
         centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
     elif scaling is AdvantageScaling.BATCH_STD:
-        centered = centered / (grouped.std() + eps)
+        scale = grouped.std() if batch_std is None else torch.as_tensor(batch_std, dtype=dtype, device=grouped.device)
+        centered = centered / (scale + eps)
     constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # [B, 1]
     return torch.where(constant, torch.zeros_like(centered), centered).reshape(-1)  # [B * G]
+
+
+@torch.no_grad()
+def global_std(values: Tensor) -> Tensor:
+    """Standard deviation (Bessel-corrected) of ``values`` pooled over every rank, the same scalar on each rank.
+
+    Two all-reduces when torch.distributed is up (ranks may hold different counts): n and sum(x) give the pooled
+    mean m; then std = sqrt(sum_ranks sum (x - m)^2 / (n - 1)). Equals ``torch.cat(all values).std()``; on one
+    process it is ``values.std()``.
+    """
+    x = values.detach().reshape(-1).to(values.dtype if values.is_floating_point() else torch.float32)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.std()
+    moments = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device), x.double().sum()])
+    dist.all_reduce(moments, op=dist.ReduceOp.SUM)
+    mean = moments[1] / moments[0].clamp(min=1.0)
+    squares = ((x.double() - mean) ** 2).sum()
+    dist.all_reduce(squares, op=dist.ReduceOp.SUM)
+    return (squares / (moments[0] - 1.0).clamp(min=1.0)).sqrt().to(x.dtype)
 
 
 @torch.no_grad()
