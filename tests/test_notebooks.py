@@ -26,15 +26,18 @@ class Expected:
 EXPECTED = {
     "alignment.ipynb": Expected(),
     "actor_critic.ipynb": Expected(texts=("val/acc", "mode now rl"),
-                                   files=("runs/actor_critic/tiny/checkpoints/last.ckpt",)),
+                                   files=("runs/actor_critic/tiny/version_0/checkpoints/last.ckpt",)),
     "generator_ppo.ipynb": Expected(min_pngs=2, texts=("golden/accuracy", "Examples:", "report written"),
-                                    files=("runs/generator_ppo/tiny/checkpoints/last.ckpt",
+                                    files=("runs/generator_ppo/tiny/version_0/checkpoints/last.ckpt",
                                            "runs/generator_ppo/tiny/report/report.md")),
+    "masked_lm.ipynb": Expected(texts=("val/masked_accuracy", "val/perplexity", "exported:", "sentence embedding shape"),
+                                files=("runs/masked_lm/tiny/version_0/checkpoints/last.ckpt",
+                                       "runs/masked_lm/tiny/encoder/prismrl_dap.json")),
     "grpo.ipynb": Expected(texts=("train/reward/vowel_share", "adapter_config.json"),
-                           files=("runs/grpo/tiny/checkpoints/last.ckpt",)),
+                           files=("runs/grpo/tiny/version_0/checkpoints/last.ckpt",)),
     # " seven" is labelled: the recursive decoder's answer vocabulary is printed
     "vl_sft.ipynb": Expected(texts=("val/exact_match_parity", "-> ", "label 4962"),
-                             files=("runs/vl_sft/tiny_trm/checkpoints/last.ckpt",)),
+                             files=("runs/vl_sft/tiny_trm/version_0/checkpoints/last.ckpt",)),
 }
 
 

@@ -91,7 +91,8 @@ def smollm2_folder() -> Path:
 
     gguf_path = os.path.join(shipped_smollm2_folder(), SMOLLM2_GGUF)
     folder = cache_dir(
-        "models", source="smollm2-gguf", gguf_bytes=os.path.getsize(gguf_path), transformers=transformers.__version__
+        "models", source="smollm2-gguf", gguf_bytes=os.path.getsize(gguf_path), transformers=transformers.__version__,
+        layout="plain-config",  # config.json without the GGUF quantization_config (vLLM and bitsandbytes refuse it)
     )
 
     def build(staging: Path) -> None:
@@ -101,6 +102,10 @@ def smollm2_folder() -> Path:
         model = AutoModelForCausalLM.from_pretrained(shipped_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
         model.hf_quantizer = None  # the weights are dequantized fp32; save them as a plain checkpoint
         model.save_pretrained(staging)
+        config_path = staging / "config.json"
+        config = json.loads(config_path.read_text())
+        config.pop("quantization_config", None)
+        config_path.write_text(json.dumps(config, indent=2))
         load_smollm2_tokenizer().save_pretrained(staging)
         (staging / MANIFEST).write_text(json.dumps({"source": SMOLLM2_GGUF}))  # written last: a complete copy
 

@@ -38,12 +38,11 @@ class OnNonFinite(str, Enum):
 
 
 def gradient_norm(module: torch.nn.Module) -> Tensor:
-    """The global L2 norm of every gradient of ``module`` (0 when none exists), as a float32 scalar."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)  # one kernel per device and dtype
-    return torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device) for n in norms]))
+    """The global L2 norm of every gradient of ``module`` (0 when none exists), as a float32 scalar; FSDP2-sharded
+    gradients count with their full tensors (``prismrl.backbones.sharding.total_norm``: the same on every rank)."""
+    from prismrl.backbones.sharding import total_norm
+
+    return total_norm([p.grad for p in module.parameters() if p.grad is not None])
 
 
 class NumericalGuard(Callback):

@@ -56,6 +56,9 @@ def save_png_atomic(fig: "Figure", path: str | os.PathLike[str]) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; a plot is as readable as any other file
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prismrl.choices import check_positive_float, check_positive_int, parse_choice
+from prismrl.backbones.sharding import gathered
+from prismrl.choices import (
+    check_finite,
+    check_positive_float,
+    check_positive_int,
+    parse_choice,
+)
 from prismrl.data.generation_prompts import (
     ParseReport,
     load_prompt_template,
@@ -33,19 +39,27 @@ from prismrl.lightning_modules.plumbing import StageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
 from prismrl.policy.adapters.causal_lm import CausalLMAdapter, ResponsePrefixAdapter
 from prismrl.policy.adapters.registry import adapter_class_for
-from prismrl.policy.build import PolicySettings, build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.policy.build import (
+    PolicySettings,
+    build_policy,
+    frozen_copy,
+    reference_of,
+    uses_adapters,
+)
 from prismrl.policy.rollout import (
     HFRolloutEngine,
     RolloutEngine,
     RolloutSettings,
     SamplingSettings,
     build_rollout_engine,
+    completion_values,
     eos_token_ids,
     minibatches,
 )
 from prismrl.rewards.classifier import ClassifierReward, RewardResult, RewardWeights
 from prismrl.rewards.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
 from prismrl.rl.advantages import gae, masked_mean, whiten
+from prismrl.rl.importance import logprob_mismatch
 from prismrl.rl.kl import KLEstimator, kl_penalty
 from prismrl.rl.ppo import (
     ValueHead,
@@ -66,7 +80,8 @@ class GeneratorPPOModule(StageModule):
         icl_strategy ("random" / "diverse" / "balanced"), icl_examples: in-context examples per prompt; "diverse"
             spreads them in the classifier's starting embedding space.
         sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k); rollout: RolloutSettings (the
-            engine that samples: "hf" = the policy's own generate).
+            engine that samples: "hf" = the policy's own generate, "vllm" = a colocated vLLM engine; its log-prob
+            gap to the trainer is logged as train/engine_logprob_diff_mean|max).
         reward_weights: RewardWeights (w1 inter, w2 intra, w3 golden_loss); classifier_steps / classifier_lr /
             classifier_batch_size: the reward classifier's training; distance_metric: "cosine" / "euclidean";
             failure_reward: reward of unparseable / empty / off-class generations (None = -(w2 + w3)).
@@ -119,7 +134,7 @@ class GeneratorPPOModule(StageModule):
             check_positive_int("minibatch_size", minibatch_size)
         check_positive_float("kl_coef", kl_coef, allow_zero=True)
         check_positive_float("value_lr", value_lr)
-        parse_strategy(icl_strategy)
+        parse_strategy(icl_strategy, "icl_strategy")
         self.optimizer_settings = optimizer
         self.rollout_settings = rollout
         self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
@@ -127,6 +142,7 @@ class GeneratorPPOModule(StageModule):
         self.sampling = sampling if sampling is not None else SamplingSettings()
         self.template = load_prompt_template(prompt_template)
         self.classifier = classifier
+        self.unsharded_children = ("classifier",)  # FSDP2: each rank resets and retrains it inside the reward
         self.classifier_start = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         self.policy, self.tokenizer = build_policy(policy)
         if not issubclass(adapter_class_for(self.policy), CausalLMAdapter):
@@ -189,11 +205,13 @@ class GeneratorPPOModule(StageModule):
         ``baseline=True`` generates with the reference model (the generator before PPO), through HF generate."""
         prompts = self.adapter.build_prompts([self.render_request(y, r) for y, r in zip(labels, request_ids)])
         prompts = prompts.to(self.device)
-        if baseline:
-            with reference_of(self.policy, self.reference) as model:
-                completions = HFRolloutEngine(model, self.adapter, self.eos_ids).generate(prompts, self.sampling, greedy)
-        else:
-            completions = self.rollout_engine.generate(prompts, self.sampling, greedy)
+        with gathered(self.policy, self.reference):  # FSDP2: weights gathered once for the rollout, not per token
+            if baseline:
+                with reference_of(self.policy, self.reference) as model:
+                    completions = HFRolloutEngine(model, self.adapter, self.eos_ids).generate(prompts, self.sampling,
+                                                                                             greedy)
+            else:
+                completions = self.rollout_engine.generate(prompts, self.sampling, greedy)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return prompts, completions, parse_batch(texts, labels, self.label_names)
 
@@ -202,7 +220,9 @@ class GeneratorPPOModule(StageModule):
         hp = self.hparams
         start = time.perf_counter()
         labels = batch["label"].tolist()
+        self.rollout_engine.take_logprobs()  # drop any left from an interrupted step
         prompts, completions, report = self.generate_examples(labels, batch["request_id"].tolist())
+        engine_logprobs = self.rollout_engine.take_logprobs()  # the engine's own, per sampled row (vllm)
         result = self.reward_fn([item.text for item in report.items], labels, report.valid, self.reward_normalizer)
         rollout = self.adapter.append_completions(prompts.to("cpu"), completions).to(self.device)
         mask = rollout.loss_mask[:, 1:].float()  # [B, T-1] completion tokens
@@ -215,6 +235,10 @@ class GeneratorPPOModule(StageModule):
             advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # [B, T-1]
             if hp.whiten_advantages:
                 advantages = whiten(advantages, mask)
+            check_finite("the rewards", rewards, self.global_step)
+            check_finite("the advantages", advantages, self.global_step)
+            engine_stats = {} if engine_logprobs is None else logprob_mismatch(
+                old_logprobs, completion_values(engine_logprobs, rollout.loss_mask).to(old_logprobs.dtype), mask)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         self.policy.train()
         stats: list[dict[str, Tensor]] = []
@@ -227,7 +251,7 @@ class GeneratorPPOModule(StageModule):
                                             returns[rows], mask[rows], hp.clip_range, hp.value_clip_range, hp.value_coef)
                 self.manual_optimizer_step(loss, optimizer)
                 scheduler.step()
-                stats.append({"loss": loss.detach(), **step_stats})
+                stats.append({"loss": loss.detach(), **step_stats, **engine_stats})
         self.rollout_engine.sync_weights(self.policy)
         self._log_iteration(report, result, masked_mean(kl, mask), mask, stats, time.perf_counter() - start)
         self.last_samples = [{"label": self.label_names[y], "status": item.status.value, "text": item.text,

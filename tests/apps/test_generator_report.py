@@ -24,7 +24,7 @@ def tiny_checkpoint(repo_root, tmp_path_factory):
         build_cli(["fit", "--config", str(repo_root / TINY), "--trainer.max_epochs", "1"])
     finally:
         os.chdir(cwd)
-    return workdir, workdir / "runs/generator_ppo/tiny/checkpoints/last.ckpt"
+    return workdir, workdir / "runs/generator_ppo/tiny/version_0/checkpoints/last.ckpt"
 
 
 def test_report_files_and_rows(tiny_checkpoint, capsys):
@@ -68,5 +68,5 @@ def test_baseline_is_the_generator_before_ppo(repo_root, tiny_checkpoint):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint: expected a GeneratorPPOModule checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint: expected a checkpoint file, received .*none.ckpt. \(no such file\)"):
         main(["--checkpoint", str(tmp_path / "none.ckpt")])

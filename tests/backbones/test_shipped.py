@@ -19,9 +19,16 @@ def test_alias_resolves_to_a_model_folder():
     assert pretrained_kwargs(folder) == {"local_files_only": True}
 
 
-@pytest.mark.parametrize("name", ["sentence-transformers/all-MiniLM-L6-v2", "/some/local/folder", "bert-base-uncased"])
-def test_other_names_pass_through(name):
+@pytest.mark.parametrize("name", ["sentence-transformers/all-MiniLM-L6-v2", "bert-base-uncased"])
+def test_hub_ids_pass_through(name):
     assert resolve_model_path(name) == name
+
+
+def test_local_folders_must_exist(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    for missing in ("/some/local/folder", "./model", "~/no/such/model", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="model_name_or_path: expected a local model folder"):
+            resolve_model_path(missing)
 
 
 def test_hub_ids_get_no_offline_flag():

@@ -27,17 +27,17 @@ def runs(cli_tools, tmp_path_factory):
 def test_every_mode_trains_and_writes_checkpoints_and_metrics(runs, mode):
     workdir, cli = runs[mode]
     assert cli.model.mode == mode
-    checkpoints = {p.name for p in (workdir / RUN / "checkpoints").glob("*.ckpt")}
+    checkpoints = {p.name for p in (workdir / RUN / "version_0/checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(workdir / RUN / "version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 8 and last["prismrl_actor_critic"]["mode"] == mode
-    with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:
+    with open(workdir / RUN / "version_0/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for name in ("val/acc", "val/f1_macro", "val/reward", "val/entropy", "val/loss_value", "train/loss_policy", "train/reward"):
         assert any(row.get(name) for row in rows), f"{name} missing"
     assert any(row.get("train/loss_supervised") for row in rows)
     assert 0.0 <= cli.trainer.callback_metrics["val/acc"].item() <= 1.0
-    assert (workdir / RUN / "logs/tiny/plots/loss_components.png").is_file()
+    assert (workdir / RUN / "version_0/plots/loss_components.png").is_file()
     optimizer = cli.trainer.optimizers[0]
     assert {group["initial_lr"] for group in optimizer.param_groups} == {3.0e-3, 1.0e-3}  # head lr, encoder lr
 
@@ -82,7 +82,7 @@ def test_runtime_mode_switch_is_checkpointed(cli_tools, repo_root, tmp_path):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     finally:
         os.chdir(repo_root)
-    last = tmp_path / RUN / "checkpoints/last.ckpt"
+    last = tmp_path / RUN / "version_0/checkpoints/last.ckpt"
     assert ActorCriticModule.load_from_checkpoint(last).mode == "combined"  # same config: the switched mode
     assert ActorCriticModule.load_from_checkpoint(last, mode="rl").mode == "rl"  # a new configured mode wins
 
@@ -90,13 +90,13 @@ def test_runtime_mode_switch_is_checkpointed(cli_tools, repo_root, tmp_path):
 def test_bad_mode_fails_before_training(cli_tools, tmp_path):
     with pytest.raises(ValueError, match="mode: expected one of"):
         cli_tools.run(TINY, tmp_path, "--model.init_args.mode", "ppo")
-    assert not (tmp_path / RUN / "checkpoints").exists()
+    assert not (tmp_path / RUN / "version_0/checkpoints").exists()
 
 
 def test_rl_mode_trains_on_logged_parquet_feedback(cli_tools, tmp_path):
     """--data.init_args.logged_feedback: rewards and actions come from Parquet columns, not from the policy."""
     cli = cli_tools.run(TINY, tmp_path, "--model.init_args.mode", "rl", "--data.init_args.logged_feedback", "true")
-    with open(tmp_path / RUN / "logs/tiny/metrics.csv") as handle:
+    with open(tmp_path / RUN / "version_0/metrics.csv") as handle:
         rewards = [float(row["train/reward"]) for row in csv.DictReader(handle) if row.get("train/reward")]
     # a uniform logging policy over 10 digits is right about 1 time in 10, whatever the trained policy does
     assert rewards and sum(rewards) / len(rewards) < 0.35

@@ -24,12 +24,12 @@ def tiny_run(cli_tools, tmp_path_factory):
 def test_fit_writes_checkpoints_events_plots_and_metrics(tiny_run):
     workdir, cli = tiny_run
     run = workdir / "runs/alignment/tiny"
-    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    checkpoints = sorted(p.name for p in (run / "version_0/checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    last = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(run / "version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == cli.trainer.global_step and last["epoch"] == cli.trainer.max_epochs - 1
     assert "prismrl_rng" in last and last["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    events = list((run / "logs/tiny").glob("events.out.tfevents.*"))
+    events = list((run / "version_0").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -39,10 +39,10 @@ def test_fit_writes_checkpoints_events_plots_and_metrics(tiny_run):
     for tag in ("train/loss", "train/loss_d16", "val/i2t_recall@1_d16", "val/t2i_recall@5_d64", "val/zero_shot_acc_d32"):
         assert tag in scalars, f"{tag} missing from {scalars}"
     assert accumulator.Tags()["images"], "no image summaries (embedding plots)"
-    plots = {p.name for p in (run / "logs/tiny/plots").glob("*.png")}
+    plots = {p.name for p in (run / "version_0/plots").glob("*.png")}
     assert {"training_curves.png", "loss_components.png"} <= plots
     assert any(name.startswith("embeddings_epoch") for name in plots)
-    with open(run / "logs/tiny/metrics.csv") as handle:
+    with open(run / "version_0/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert any(row.get("val/mean_recall@1") for row in rows)
     recall = cli.trainer.callback_metrics["val/mean_recall@1"].item()
@@ -54,7 +54,7 @@ def test_load_from_checkpoint_reproduces_embeddings(tiny_run):
 
     workdir, cli = tiny_run
     model = cli.model.eval()
-    restored = AlignmentModule.load_from_checkpoint(workdir / "runs/alignment/tiny/checkpoints/last.ckpt").eval()
+    restored = AlignmentModule.load_from_checkpoint(workdir / "runs/alignment/tiny/version_0/checkpoints/last.ckpt").eval()
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(restored.embed_images(pixels), model.embed_images(pixels))
@@ -103,7 +103,7 @@ def test_bad_matryoshka_dims_fail_before_training(cli_tools, tmp_path):
         cli_tools.run(TINY, tmp_path, "--model.init_args.matryoshka_dims", "[32, 16]")
     with pytest.raises(ValueError, match="dims"):
         cli_tools.run(TINY, tmp_path, "--model.init_args.matryoshka_dims", "[16, 128]")
-    assert not (tmp_path / "runs/alignment/tiny/checkpoints").exists()
+    assert not (tmp_path / "runs/alignment/tiny/version_0/checkpoints").exists()
 
 
 @pytest.mark.slow
@@ -116,4 +116,5 @@ def test_ddp_two_cpu_processes_via_cli(repo_root, tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (tmp_path / "runs/alignment/tiny/checkpoints/last.ckpt").exists()
+    assert (tmp_path / "runs/alignment/tiny/version_0/checkpoints/last.ckpt").exists()
+    assert sorted(p.name for p in (tmp_path / "runs/alignment/tiny").iterdir()) == ["version_0"]  # one run, one folder

@@ -22,8 +22,8 @@ def trimodal_run(cli_tools, tmp_path_factory):
 def test_fit_logs_every_pair_and_audio_recalls(trimodal_run):
     workdir, cli = trimodal_run
     run = workdir / RUN
-    assert {"last.ckpt"} <= {p.name for p in (run / "checkpoints").glob("*.ckpt")}
-    with open(run / "logs/trimodal_tiny/metrics.csv") as handle:
+    assert {"last.ckpt"} <= {p.name for p in (run / "version_0/checkpoints").glob("*.ckpt")}
+    with open(run / "version_0/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     columns = set(rows[0])
     for tag in ("train/loss", "train/loss_d16", "train/temperature", "train/audio_text/loss", "train/audio_image/loss_d32",
@@ -45,7 +45,7 @@ def test_load_from_checkpoint_reproduces_audio_embeddings(trimodal_run):
 
     workdir, cli = trimodal_run
     model = cli.model.eval()
-    restored = AlignmentModule.load_from_checkpoint(workdir / RUN / "checkpoints/last.ckpt").eval()
+    restored = AlignmentModule.load_from_checkpoint(workdir / RUN / "version_0/checkpoints/last.ckpt").eval()
     clips = [load_clip(c) for c in spoken_digit_clips()[:3]]
     with torch.no_grad():
         expected = model.embed_audio(clips)

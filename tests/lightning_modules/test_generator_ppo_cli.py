@@ -22,12 +22,12 @@ def full_run(cli_tools, tmp_path_factory):
 def test_tiny_run_trains_logs_and_checkpoints(cli_tools, full_run):
     workdir, cli = full_run
     assert cli.trainer.global_step == 2 * 2 * STEPS_PER_ITERATION  # epochs x iterations x optimizer steps
-    checkpoints = {p.name for p in (workdir / RUN / "checkpoints").glob("*.ckpt")}
+    checkpoints = {p.name for p in (workdir / RUN / "version_0/checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(workdir / RUN / "version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     normalizer = next(v for k, v in last["callbacks"].items() if k.startswith("RewardNormalizationCallback"))
     assert [len(normalizer["history"][c]) for c in ("inter", "intra", "golden_loss")] == [4, 4, 4]  # one entry per iteration
-    with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:
+    with open(workdir / RUN / "version_0/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for name in ("train/reward", "train/kl", "train/clip_frac", "train/value_loss", "train/policy_loss",
                  "train/parse_failure_rate", "train/golden_accuracy", "train/golden_loss", "train/reward_raw/inter",
@@ -79,7 +79,7 @@ def test_a_batch_without_parseable_generation_is_penalized_and_training_goes_on(
 def test_bad_configuration_fails_before_training(cli_tools, tmp_path, args, error, match):
     with pytest.raises(error, match=match):
         cli_tools.run(TINY, tmp_path, *args)
-    assert not (tmp_path / RUN / "checkpoints").exists()
+    assert not (tmp_path / RUN / "version_0/checkpoints").exists()
 
 
 def test_missing_normalizer_callback_is_a_clear_error(cli_tools, tmp_path):

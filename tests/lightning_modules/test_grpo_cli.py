@@ -32,18 +32,18 @@ def run(cli_tools, tmp_path_factory):
 def test_tiny_config_trains_logs_and_checkpoints(run):
     workdir, cli = run
     assert cli.trainer.global_step == 16  # 4 rollouts x 2 iterations x 2 minibatches
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(workdir / RUN / "version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 16
     trainable = {f"policy.{n}" for n, p in cli.model.policy.named_parameters() if p.requires_grad}
     assert set(last["state_dict"]) == trainable  # LoRA: no frozen base weights in the checkpoint
-    with open(workdir / RUN / "logs/tiny/metrics.csv") as handle:
+    with open(workdir / RUN / "version_0/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for name in ("train/reward", "train/reward_std", "train/reward/vowel_share", "train/kl", "train/clip_frac",
                  "train/clip_frac_low", "train/clip_frac_high", "train/entropy", "train/completion_length",
                  "train/tokens_per_s", "train/loss", "val/reward", "val/completion_length"):
         assert any(row.get(name) for row in rows), f"{name} missing"
     assert any(float(row["train/kl"]) > 0 for row in rows if row.get("train/kl"))  # the policy left the reference
-    assert list((workdir / RUN / "logs/tiny/").glob("events.out.tfevents.*"))
+    assert list((workdir / RUN / "version_0/").glob("events.out.tfevents.*"))
 
 
 def test_lora_moves_and_base_weights_stay(run, cli_tools, tmp_path):
@@ -82,14 +82,14 @@ def test_export_writes_loadable_adapters(run, cli_tools, tmp_path):
     (["--model.init_args.sampling", '{"max_new_tokens": 0}'], "max_new_tokens"),
     (["--model.init_args.loss_aggregation", "mean"], "loss_aggregation"),
     (["--model.init_args.num_iterations", "0"], "num_iterations: expected an int >= 1, received 0"),
-    (["--model.init_args.rollout", '{"engine": "vllm"}'], "rollout.engine"),
+    (["--model.init_args.rollout", '{"engine": "sglang"}'], "rollout.engine"),
     (["--model.init_args.policy", "{tiny_config: {model_type: qwen2_vl}, lora: null, quantization: 4bit}"],
      "policy.quantization"),
 ])
 def test_bad_settings_fail_before_training(cli_tools, tmp_path, args, match):
     with pytest.raises(ValueError, match=match):
         cli_tools.run(TINY, tmp_path, *args)
-    assert not (tmp_path / RUN / "checkpoints").exists()
+    assert not (tmp_path / RUN / "version_0/checkpoints").exists()
 
 
 def test_beta_zero_builds_no_reference_and_full_finetuning_copies_it(cli_tools, tmp_path):

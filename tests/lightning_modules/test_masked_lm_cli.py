@@ -58,14 +58,14 @@ def tiny_run(repo_root, tmp_path_factory):
 def test_fit_trains_in_stages_logs_metrics_and_exports_the_encoder(tiny_run):
     workdir, cli, snapshots = tiny_run
     run = workdir / RUN
-    checkpoints = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
+    checkpoints = {p.name for p in (run / "version_0/checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in checkpoints and any(name.startswith("best-epoch=") for name in checkpoints)
-    with open(run / "logs/tiny/metrics.csv") as handle:
+    with open(run / "version_0/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     accuracies = [float(r["val/masked_accuracy"]) for r in rows if r.get("val/masked_accuracy")]
     assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
     assert any(r.get("val/perplexity") for r in rows) and any(r.get("train/loss") for r in rows)
-    assert (run / "logs/tiny/plots/training_curves.png").is_file()
+    assert (run / "version_0/plots/training_curves.png").is_file()
     # epoch 0 trains embeddings + head only; epoch 1 also the transformer layers (a new optimizer group)
     assert len(snapshots.weights) == 2 and torch.equal(snapshots.weights[0], snapshots.weights[1])
     final = cli.model.model.bert.encoder.layer[0].attention.self.query.weight
@@ -84,13 +84,13 @@ def test_fit_trains_in_stages_logs_metrics_and_exports_the_encoder(tiny_run):
 
 def test_checkpoint_holds_the_staged_unfreezing_state(tiny_run):
     workdir, cli, _ = tiny_run
-    last = torch.load(workdir / RUN / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(workdir / RUN / "version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     state = last["callbacks"][next(k for k in last["callbacks"] if k.startswith("StagedUnfreezing"))]
     assert state["applied_epoch"] == 1 and len(state["internal_optimizer_metadata"][0]) == len(cli.trainer.optimizers[0].param_groups)
     assert any(isinstance(c, StagedUnfreezing) for c in cli.trainer.callbacks)
     from prismrl.lightning_modules.masked_lm import MaskedLMModule
 
-    restored = MaskedLMModule.load_from_checkpoint(workdir / RUN / "checkpoints/last.ckpt").eval()
+    restored = MaskedLMModule.load_from_checkpoint(workdir / RUN / "version_0/checkpoints/last.ckpt").eval()
     batch = next(iter(cli.datamodule.val_dataloader()))
     with torch.no_grad():
         torch.testing.assert_close(restored.masked_logits(batch)[0], cli.model.eval().masked_logits(batch)[0])

@@ -117,8 +117,8 @@ def test_hf_engine_greedy_decoding_ignores_the_seed(tiny_llama):
 
 
 def test_unknown_rollout_engine_is_rejected():
-    with pytest.raises(ValueError, match=r"rollout.engine: expected one of \['hf'\], received 'vllm'"):
-        RolloutSettings(engine="vllm")
+    with pytest.raises(ValueError, match=r"rollout.engine: expected one of \['hf', 'vllm'\], received 'sglang'"):
+        RolloutSettings(engine="sglang")
 
 
 @pytest.mark.parametrize("attention", ["block_mask", "position_ids"])
