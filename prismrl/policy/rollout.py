@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from prismrl.choices import (
+    NonFiniteError,
     check_positive_float,
     check_positive_int,
     checkpoint_safe,
@@ -136,7 +137,12 @@ class HFRolloutEngine(RolloutEngine):
 
     def generate(self, prompt_batch, sampling: SamplingSettings, greedy: bool = False) -> list[list[int]]:
         self.model.eval()
-        return sample_completions(self.model, prompt_batch, self.adapter, sampling, self.eos_ids, greedy)
+        try:
+            return sample_completions(self.model, prompt_batch, self.adapter, sampling, self.eos_ids, greedy)
+        except RuntimeError as err:  # torch.multinomial's words for a diverged policy
+            if "probability tensor contains" not in str(err):
+                raise
+            raise NonFiniteError(f"the policy's next-token distribution is not finite during the rollout ({err})") from None
 
     def sync_weights(self, model) -> None:
         pass

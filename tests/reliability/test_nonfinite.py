@@ -12,7 +12,8 @@ import torch
 from prismrl.callbacks.numerical_guard import NonFiniteError, NumericalGuard
 from prismrl.cli import build_cli
 
-STAGES = ["configs/alignment/tiny.yaml", "configs/actor_critic/tiny.yaml"]
+STAGES = ["configs/alignment/tiny.yaml", "configs/actor_critic/tiny.yaml", "configs/vl_sft/tiny_trm.yaml",
+          "configs/masked_lm/tiny.yaml"]
 
 
 def _cli(repo_root, workdir, config, *args):
@@ -34,11 +35,22 @@ def _fit(cli, workdir, max_steps=8):
 
 @pytest.mark.parametrize("config", STAGES)
 def test_a_huge_learning_rate_stops_with_a_named_component(repo_root, tmp_path, config):
-    cli = _cli(repo_root, tmp_path, config, "--model.init_args.optimizer.lr", "1e9")
-    with pytest.raises(NonFiniteError, match=r"step \d+: (the loss|the gradient norm|the policy logits) is not finite"):
+    cli = _cli(repo_root, tmp_path, config, "--model.init_args.optimizer.lr", "1e30")
+    with pytest.raises(NonFiniteError, match=r"step \d+: (the loss|the gradient norm|the policy logits|the advantages|"
+                                             r"the policy's next-token distribution) is not finite"):
         _fit(cli, tmp_path)
     guards = [c for c in cli.model.trainer.callbacks if isinstance(c, NumericalGuard)]
     assert len(guards) == 1  # added by the stage itself
+
+
+def test_a_diverged_policy_stops_at_its_rollout(repo_root, tmp_path):
+    """GRPO: a policy whose weights hold NaN cannot sample; the rollout names it instead of torch.multinomial."""
+    cli = _cli(repo_root, tmp_path, "configs/grpo/tiny.yaml")
+    head = cli.model.policy.get_output_embeddings()
+    with torch.no_grad():
+        head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"step 0: the policy's next-token distribution is not finite"):
+        _fit(cli, tmp_path)
 
 
 def test_skip_step_keeps_training_finite_weights(repo_root, tmp_path):
