@@ -61,7 +61,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from prismrl.cli import check_checkpoint_matches_config, latest_checkpoint  # noqa: E402
+from prismrl.apps.runs import check_checkpoint_matches_config, latest_checkpoint  # noqa: E402
 from prismrl.lightning_modules import _LAZY as STAGES  # noqa: E402
 from prismrl.lightning_modules.plumbing import CHECKPOINT_KEY  # noqa: E402
 
@@ -216,7 +216,7 @@ def test_test_and_predict_use_the_validation_set_and_write_predictions(repo_root
 
 
 def test_a_verb_the_stage_lacks_is_named_with_the_verbs_it_has(repo_root, tmp_path, monkeypatch):
-    from prismrl.cli import prepare_evaluation_verb, supported_verbs
+    from prismrl.apps.verbs import prepare_evaluation_verb, supported_verbs
     from prismrl.lightning_modules.masked_lm import MaskedLMModule
 
     assert supported_verbs(build_cli(["--config", str(repo_root / TINY)], run=False).model) == \
@@ -227,7 +227,8 @@ def test_a_verb_the_stage_lacks_is_named_with_the_verbs_it_has(repo_root, tmp_pa
 
 
 def test_a_checkpoint_save_killed_midway_leaves_the_previous_file_and_a_partial_one(tmp_path):
-    from prismrl.cli import _atomic_checkpoint_io, clean_partial_saves
+    from prismrl.apps.runs import atomic_checkpoint_io as _atomic_checkpoint_io
+    from prismrl.apps.runs import clean_partial_saves
 
     io = _atomic_checkpoint_io()
     path = tmp_path / "version_0/checkpoints/last.ckpt"

@@ -12,7 +12,6 @@ verl's TIS). The weight carries no gradient and multiplies the per-token policy 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from prismrl.choices import check_positive_float
