@@ -35,7 +35,7 @@ from prismrl.data.generation_prompts import (
     load_prompt_template,
     parse_batch,
 )
-from prismrl.lightning_modules.plumbing import StageModule, built_from_config
+from prismrl.lightning_modules.plumbing import RolloutStageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
 from prismrl.policy.adapters.causal_lm import CausalLMAdapter, ResponsePrefixAdapter
 from prismrl.policy.adapters.registry import adapter_class_for
@@ -48,10 +48,8 @@ from prismrl.policy.build import (
 )
 from prismrl.policy.rollout import (
     HFRolloutEngine,
-    RolloutEngine,
     RolloutSettings,
     SamplingSettings,
-    build_rollout_engine,
     completion_values,
     eos_token_ids,
     minibatches,
@@ -69,7 +67,7 @@ from prismrl.rl.ppo import (
 )
 
 
-class GeneratorPPOModule(StageModule):
+class GeneratorPPOModule(RolloutStageModule):
     """See the module docstring.
 
     Args:
@@ -156,14 +154,6 @@ class GeneratorPPOModule(StageModule):
         self.reward_normalizer = None  # set by RewardNormalizationCallback.setup
         self.reward_fn: ClassifierReward | None = None
         self.last_samples: list[dict[str, Any]] = []
-        self._engine: RolloutEngine | None = None
-
-    @property
-    def rollout_engine(self) -> RolloutEngine:
-        """The engine the policy's rollouts sample through, built on first use (once per module)."""
-        if self._engine is None:
-            self._engine = build_rollout_engine(self.rollout_settings, self.policy, self.adapter, self.eos_ids)
-        return self._engine
 
     # ----- golden data, prompts and the reward (built once the datamodule is known) -----
     def setup(self, stage: str) -> None:

@@ -31,7 +31,7 @@ from prismrl.choices import (
     parse_choice,
 )
 from prismrl.data.records import PromptRecord
-from prismrl.lightning_modules.plumbing import StageModule, built_from_config
+from prismrl.lightning_modules.plumbing import RolloutStageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
 from prismrl.policy.adapters import adapter_for
 from prismrl.policy.build import (
@@ -44,10 +44,8 @@ from prismrl.policy.build import (
 from prismrl.policy.multimodal import MultimodalBatch
 from prismrl.policy.rollout import (
     PackingSettings,
-    RolloutEngine,
     RolloutSettings,
     SamplingSettings,
-    build_rollout_engine,
     completion_values,
     eos_token_ids,
     group_indices,
@@ -73,7 +71,7 @@ from prismrl.rl.kl import KLEstimator
 from prismrl.rl.policy_loss import LossAggregation, count_global_tokens, grpo_loss
 
 
-class GRPOModule(StageModule):
+class GRPOModule(RolloutStageModule):
     """GRPO trainer for causal LMs and VLMs (see the module docstring).
 
     Args:
@@ -156,14 +154,6 @@ class GRPOModule(StageModule):
         self.eos_ids = eos_token_ids(self.policy, self.tokenizer)
         self.packing = packing
         self.rope_index = self.adapter.rope_index_fn(self.policy) if packing is not None else None
-        self._engine: RolloutEngine | None = None
-
-    @property
-    def rollout_engine(self) -> RolloutEngine:
-        """The engine every rollout samples through, built on first use (once per module)."""
-        if self._engine is None:
-            self._engine = build_rollout_engine(self.rollout_settings, self.policy, self.adapter, self.eos_ids)
-        return self._engine
 
     def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         return sequence_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 import prismrl
 from prismrl.callbacks.numerical_guard import NumericalGuard
 from prismrl.optim import OptimizerSettings
+from prismrl.policy.rollout import RolloutEngine, build_rollout_engine
 
 CHECKPOINT_KEY = "prismrl"
 
@@ -143,3 +144,15 @@ class StageModule(LightningModule):
         per_batch = 1 if minibatch_size is None else -(-batch_size * rows_per_sample // minibatch_size)
         return max(1, batches * passes * per_batch)
 
+
+class RolloutStageModule(StageModule):
+    """A stage that samples rollouts from its policy: ``rollout_engine`` is built from ``rollout_settings``,
+    ``policy``, ``adapter`` and ``eos_ids`` on first use, once per module (``prismrl.policy.rollout``)."""
+
+    _engine: RolloutEngine | None = None
+
+    @property
+    def rollout_engine(self) -> RolloutEngine:
+        if self._engine is None:
+            self._engine = build_rollout_engine(self.rollout_settings, self.policy, self.adapter, self.eos_ids)
+        return self._engine
