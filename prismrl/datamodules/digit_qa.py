@@ -18,7 +18,8 @@ from prismrl.data.loaders import (
 )
 from prismrl.data.qa import ParquetImageQADataset, collate_image_qa
 from prismrl.datamodules.delegating import DelegatingDataModule
-from prismrl.datamodules.parquet import ParquetRowGroupDataset, open_parquet
+from prismrl.datamodules.parquet import ParquetRowGroupDataset
+from prismrl.datamodules.parquet_checks import open_parquet
 
 
 class ParquetQADataModule(LightningDataModule):

@@ -30,7 +30,8 @@ from prismrl.data.loaders import (
     resolve_rank_world,
 )
 from prismrl.data.records import PromptRecord
-from prismrl.datamodules.parquet import ParquetRowGroupDataset, open_parquet, split_rows
+from prismrl.datamodules.parquet import ParquetRowGroupDataset, split_rows
+from prismrl.datamodules.parquet_checks import open_parquet
 from prismrl.rewards.functions import ExactMatchReward, RewardFunction
 from prismrl.rewards.tasks import get_task
 
