@@ -3,10 +3,11 @@
 One training step (a batch of P prompt records, G = group_size):
     rollout   y_1..G ~ pi_old(.|x) for every prompt x            (a RolloutEngine: HF generate, temperature / top-p)
     reward    r_i = reward_fn(y_i, record)                       (e.g. a WeightedSumReward of rule rewards)
-    advantage A_i = (r_i - mean_group(r)) / (std_group(r) + eps)  (group_normalized_advantages)
+    advantage A_i = (r_i - mean_group(r)) / (std_group(r) + eps)  (advantage_estimator grpo; or rloo, reinforce_pp)
     for mu = 1..num_iterations, for each minibatch of the P*G rollouts:
         rho_t = pi_theta(y_t|..) / pi_old(y_t|..)
         L = aggregate_t( -min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A) + beta * KL_k3(pi_theta || pi_ref) )
+                  (objective ppo_clip; gspo / gspo_token use the sequence ratio, cispo a clipped detached weight)
         one AdamW step
 pi_old log-probs are recorded once per rollout (only when several optimizer steps reuse it); pi_ref is
 the policy with its LoRA adapters switched off (no second copy of the weights), or a frozen copy
@@ -63,11 +64,12 @@ from prismrl.rewards.functions import build_reward, score_completions
 from prismrl.rl.advantages import (
     AdvantageScaling,
     global_std,
-    group_normalized_advantages,
     masked_mean,
 )
+from prismrl.rl.baselines import AdvantageEstimator, estimate_advantages
 from prismrl.rl.importance import logprob_mismatch, truncated_importance_weights
 from prismrl.rl.kl import KLEstimator
+from prismrl.rl.objectives import PolicyObjective
 from prismrl.rl.policy_loss import LossAggregation, count_global_tokens, grpo_loss
 
 
@@ -90,7 +92,9 @@ class GRPOModule(RolloutStageModule):
             step (None = all P*G at once).
         beta, kl_estimator: KL coefficient (0 = no reference model) and estimator ("k1"/"k2"/"k3").
         eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high]; loss_aggregation: grpo/bnpo/dapo/dr_grpo;
-        advantage_scaling: group_std / batch_std / none.
+        advantage_scaling: group_std / batch_std / none (the GRPO estimator's denominator).
+        advantage_estimator: grpo / rloo / reinforce_pp (``prismrl.rl.baselines``).
+        objective: ppo_clip / gspo / gspo_token / cispo (``prismrl.rl.objectives``; eps_low / eps_high clip its ratio).
         packing: PackingSettings to run the training forwards on packed rows (None = padded batch).
         system_prompt: optional system turn; logprob_chunk_size: rows per log-softmax block (None = auto).
         optimizer: OptimizerSettings (AdamW over the trainable policy weights, no decay on biases / norms,
@@ -119,6 +123,8 @@ class GRPOModule(RolloutStageModule):
         eps_high: float = 0.28,
         loss_aggregation: str = "dapo",
         advantage_scaling: str = "group_std",
+        advantage_estimator: str = "grpo",
+        objective: str = "ppo_clip",
         packing: PackingSettings | None = None,
         system_prompt: str | None = None,
         logprob_chunk_size: int | None = None,
@@ -146,6 +152,8 @@ class GRPOModule(RolloutStageModule):
         self.kl_estimator = parse_choice(KLEstimator, kl_estimator, "kl_estimator")
         self.aggregation = parse_choice(LossAggregation, loss_aggregation, "loss_aggregation")
         self.scaling = parse_choice(AdvantageScaling, advantage_scaling, "advantage_scaling")
+        self.objective = parse_choice(PolicyObjective, objective, "objective")
+        self.estimator = parse_choice(AdvantageEstimator, advantage_estimator, "advantage_estimator")
         self.seeding = parse_choice(RolloutSeeding, rollout_seeding, "rollout_seeding")
         self._run_seed = 0
         self.policy, self.tokenizer = build_policy(policy)
@@ -212,7 +220,10 @@ class GRPOModule(RolloutStageModule):
         if engine_logprobs is not None:
             engine_logprobs = completion_values(engine_logprobs, batch.loss_mask)  # [P*G, T-1]
         batch_std = global_std(batch.rewards) if self.scaling is AdvantageScaling.BATCH_STD else None  # all ranks
-        batch.advantages = group_normalized_advantages(batch.rewards, hp.group_size, self.scaling, batch_std=batch_std)
+        if self.estimator is AdvantageEstimator.REINFORCE_PP:  # the std of the group-centered rewards, over all ranks
+            batch_std = global_std(estimate_advantages(AdvantageEstimator.GRPO, batch.rewards, hp.group_size,
+                                                       AdvantageScaling.NONE))
+        batch.advantages = estimate_advantages(self.estimator, batch.rewards, hp.group_size, self.scaling, batch_std)
         check_finite("the advantages", batch.advantages, self.global_step)
         one_pass = hp.minibatch_size is None or hp.minibatch_size >= batch.batch_size
         self._fixed_logprobs(batch, needs_old=hp.num_iterations > 1 or not one_pass)
@@ -246,7 +257,7 @@ class GRPOModule(RolloutStageModule):
             beta=hp.beta, kl_estimator=self.kl_estimator, eps_low=hp.eps_low, eps_high=hp.eps_high,
             aggregation=self.aggregation, max_completion_length=self.sampling.max_new_tokens,
             global_token_count=count_global_tokens(mask) if self.aggregation is LossAggregation.DAPO else None,
-            world_size=self.trainer.world_size,
+            world_size=self.trainer.world_size, objective=self.objective,
         )
         self.manual_optimizer_step(loss, optimizer)
         return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask.to(entropy.dtype)), **stats.to_dict(),

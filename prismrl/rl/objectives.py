@@ -56,11 +56,11 @@ def importance_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor | 
 def cispo_per_token(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, eps_low: float,
                     eps_high: float) -> tuple[Tensor, Tensor, Tensor]:
     """CISPO per-token loss [B, T] = -sg[clip(r, 1 - eps_low, 1 + eps_high)] * A * log pi, with the ratio r [B, T]
-    and a [B, T] indicator of the clipped weights (for statistics). ``advantages``: [B] or [B, T]."""
+    and a [B, T] indicator of the clipped weights (for statistics). ``advantages``: [B], [B, 1] or [B, T]."""
     if advantages.dim() == 1:
         check_shape("advantages", advantages, logprobs.shape[:1])
         advantages = advantages.unsqueeze(1)  # [B, 1]
-    else:
+    elif advantages.shape != (logprobs.shape[0], 1):  # [B, 1] broadcasts over tokens
         check_shape("advantages", advantages, logprobs.shape)
     ratio = torch.exp(importance_log_ratio(logprobs, old_logprobs, None, PolicyObjective.CISPO)).detach()  # [B, T]
     weight = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [B, T], no gradient

@@ -32,6 +32,7 @@ from torch import Tensor
 from prismrl.choices import check_positive_int
 from prismrl.rl.advantages import as_float_mask, check_shape, masked_mean, masked_sum
 from prismrl.rl.kl import KLEstimator, kl_penalty
+from prismrl.rl.objectives import PolicyObjective, cispo_per_token, importance_log_ratio
 
 MAX_LOG_RATIO = 20.0  # |log rho| is clamped here before exp, so rho never overflows to inf
 
@@ -78,11 +79,16 @@ def clipped_surrogate(
     eps_low: float = 0.2,
     eps_high: float | None = None,
     mask: Tensor | None = None,
+    objective: PolicyObjective = PolicyObjective.PPO_CLIP,
 ) -> tuple[Tensor, SurrogateStats]:
     """Per-token clipped surrogate loss [B, T] and its stats.
 
         rho = exp(clamp(logp - logp_old, -20, 20))
         L   = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
+
+    ``objective`` (``prismrl.rl.objectives``): PPO_CLIP uses the token ratio; GSPO / GSPO_TOKEN the sequence ratio
+    (length-normalized, clipped per sequence); CISPO the detached clipped ratio as a weight on -A * logp (the
+    clip fractions then count clipped weights, whatever the sign of A).
 
     ``advantages`` is per sequence [B] (broadcast over tokens) or per token [B, T]. ``eps_high``
     defaults to ``eps_low`` (symmetric PPO clip; DAPO's clip-higher uses eps_high > eps_low). The
@@ -100,7 +106,14 @@ def clipped_surrogate(
     else:
         check_shape("advantages", advantages, logprobs.shape)
     m = as_float_mask(mask, logprobs)  # [B, T]
-    ratio = torch.exp((logprobs - old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))  # [B, T]
+    if objective is PolicyObjective.CISPO:
+        per_token, ratio, clipped_weight = cispo_per_token(logprobs, old_logprobs, advantages, eps_low, eps_high)
+        with torch.no_grad():
+            frac_low = masked_mean((ratio < 1.0 - eps_low).to(m.dtype), m)
+            frac_high = masked_mean((ratio > 1.0 + eps_high).to(m.dtype), m)
+            stats = SurrogateStats(masked_mean(ratio, m), frac_low, frac_high, masked_mean(clipped_weight.to(m.dtype), m))
+        return per_token, stats
+    ratio = torch.exp(importance_log_ratio(logprobs, old_logprobs, m, objective))  # [B, T]
     unclipped = ratio * advantages  # [B, T]
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantages  # [B, T]
     per_token = -torch.minimum(unclipped, clipped)  # [B, T]
@@ -211,6 +224,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     global_token_count: float | Tensor | None = None,
     world_size: int = 1,
+    objective: PolicyObjective = PolicyObjective.PPO_CLIP,
 ) -> tuple[Tensor, GRPOLossStats]:
     """GRPO objective: aggregate(clipped_surrogate + beta * KL(pi || pi_ref)) over ``mask``; returns (loss, stats).
 
@@ -223,7 +237,7 @@ def grpo_loss(
     if beta > 0 and ref_logprobs is None:
         raise ValueError("ref_logprobs: expected a (B, T) tensor because beta > 0, received None")
     old = logprobs.detach() if old_logprobs is None else old_logprobs
-    per_token, surrogate = clipped_surrogate(logprobs, old, advantages, eps_low, eps_high, mask)  # [B, T]
+    per_token, surrogate = clipped_surrogate(logprobs, old, advantages, eps_low, eps_high, mask, objective)  # [B, T]
     m = as_float_mask(mask, logprobs)
     agg = dict(mode=aggregation, max_completion_length=max_completion_length,
                global_token_count=global_token_count, world_size=world_size)

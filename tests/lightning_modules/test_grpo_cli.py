@@ -109,3 +109,14 @@ def test_grouped_settings_override_one_field_and_keep_the_stage_defaults(cli_too
     assert cli.model.optimizer_settings == OptimizerSettings(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99),
                                                              warmup_ratio=0.25, min_lr_ratio=0.1, max_grad_norm=1.0)
     assert isinstance(cli.model.rollout_engine, HFRolloutEngine) and cli.model.rollout_engine is cli.model.rollout_engine
+
+
+@pytest.mark.parametrize("objective,estimator", [("gspo", "rloo"), ("gspo_token", "grpo"), ("cispo", "reinforce_pp")])
+def test_other_objectives_and_advantage_estimators_train(cli_tools, tmp_path, objective, estimator):
+    cli = cli_tools.run(TINY, tmp_path, *LENGTH_REWARD, "--model.init_args.objective", objective,
+                        "--model.init_args.advantage_estimator", estimator, "--trainer.max_steps", "4",
+                        "--trainer.limit_val_batches", "0")
+    assert cli.trainer.global_step == 4
+    lora = {n: p for n, p in cli.model.policy.named_parameters() if p.requires_grad}
+    fresh = cli_tools.run(TINY, tmp_path, *LENGTH_REWARD, run=False).model.policy.state_dict()
+    assert any(not torch.equal(p.detach(), fresh[n]) for n, p in lora.items() if n in fresh)  # the policy moved

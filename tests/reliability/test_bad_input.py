@@ -33,6 +33,8 @@ CLI_CASES = [
     (GRPO, ["--model.init_args.sampling.temperature", "0"], r"sampling.temperature: expected a finite float > 0"),
     (GRPO, ["--model.init_args.sampling.top_p", "1.5"], r"sampling.top_p"),
     (GRPO, ["--model.init_args.rollout.engine", "sglang"], r"rollout.engine: expected one of .*received 'sglang'"),
+    (GRPO, ["--model.init_args.objective", "ppo"], r"objective: expected one of .*received 'ppo'"),
+    (GRPO, ["--model.init_args.advantage_estimator", "gae"], r"advantage_estimator: expected one of .*received 'gae'"),
     (GRPO, ["--model.init_args.reward", '{"class_path": "prismrl.rewards.functions.CallableReward", '
                                         '"init_args": {"function": "no_such_pkg.rewards:score"}}'],
      r"function: cannot import module 'no_such_pkg.rewards'"),

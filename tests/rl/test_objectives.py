@@ -67,3 +67,27 @@ def test_cispo_matches_a_naive_reference_with_token_advantages():
     torch.testing.assert_close(loss, naive)
     with pytest.raises(ValueError, match="advantages"):
         cispo_per_token(logp, old, torch.randn(4), 0.2, 0.28)
+
+
+def test_clipped_surrogate_with_gspo_clips_the_sequence_ratio():
+    from prismrl.rl.policy_loss import clipped_surrogate
+
+    logp, old, mask = tensors(requires_grad=True)
+    advantages = torch.tensor([1.0, -1.0])
+    loss, stats = clipped_surrogate(logp, old, advantages, 0.2, 0.2, mask, PolicyObjective.GSPO)
+    s = math.exp(-0.25)  # sequence 0: below 1 - 0.2 = 0.8, A > 0: min(s A, 0.8 A) = s A, unclipped
+    torch.testing.assert_close(loss[0].detach(), torch.full((3,), -s))
+    torch.testing.assert_close(loss[1].detach(), torch.full((3,), 1.0))  # no token: s = 1, A = -1
+    assert stats.clip_frac.item() == 0.0
+
+
+def test_clipped_surrogate_with_cispo_is_the_cispo_loss():
+    from prismrl.rl.policy_loss import clipped_surrogate, grpo_loss
+
+    torch.manual_seed(1)
+    logp, old, adv, mask = torch.randn(2, 4) - 1, torch.randn(2, 4) - 1, torch.randn(2), torch.ones(2, 4)
+    loss, stats = clipped_surrogate(logp, old, adv, 0.2, 0.28, mask, PolicyObjective.CISPO)
+    torch.testing.assert_close(loss, cispo_per_token(logp, old, adv, 0.2, 0.28)[0])
+    assert 0.0 <= stats.clip_frac.item() <= 1.0
+    total, _ = grpo_loss(logp, adv, mask, old, objective=PolicyObjective.CISPO, eps_low=0.2, eps_high=0.28)
+    torch.testing.assert_close(total, loss.mean(dim=1).mean())  # GRPO aggregation: sequence means, then batch mean
