@@ -52,9 +52,11 @@ class VLMAdapter(ABC):
         """A tiny random-init transformers config of this family whose vocab and special ids match ``tokenizer``.
 
         Adds ``special_tokens`` to ``tokenizer`` (in place). ``text_config=`` / ``vision_config=`` dicts are
-        merged into the family's defaults; other overrides go to the top-level config.
+        merged into the family's defaults; other overrides go to the top-level config. A family adapter without a
+        recipe (a checkpoint-only family) loads from ``model_name_or_path`` only.
         """
-        raise NotImplementedError(f"tiny_config: {cls.__name__} has no tiny config recipe")
+        raise ValueError(f"tiny_config: {cls.__name__} has no tiny config recipe; load this family from "
+                         "model_name_or_path instead")
 
     def __init__(self, tokenizer, config, system_prompt: str | None = None, use_chat_template: bool = True) -> None:
         self.tokenizer = tokenizer
