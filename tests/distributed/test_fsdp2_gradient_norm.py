@@ -3,6 +3,7 @@ full gradients, the same on every rank (a per-shard norm would differ between ra
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,13 +26,16 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3))
         reference = [p.detach().clone() for p in model.parameters()]
-        fully_shard(model[0], mesh=init_device_mesh("cpu", (2,)))
-        fully_shard(model, mesh=init_device_mesh("cpu", (2,)))
+        mesh = init_device_mesh("cpu", (2,))
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model, mesh=mesh)
         x = torch.randn(4, 5, generator=torch.Generator().manual_seed(rank))
         model(x).square().sum().backward()
         torch.save({"norm": gradient_norm(model), "x": x, "reference": reference}, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still has a collective in flight
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown: gloo threads can abort a finished worker at exit
 
 
 def test_gradient_norm_of_fsdp2_sharded_gradients_is_the_full_tensor_norm(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         adv = group_normalized_advantages(local, 4, AdvantageScaling.BATCH_STD, batch_std=std)
         torch.save({"std": std, "adv": adv, "local_adv": group_normalized_advantages(local, 4, AdvantageScaling.BATCH_STD)},
                    Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown: gloo threads can abort a finished worker at exit
 
 
 def test_global_std_pools_every_rank_and_batch_std_advantages_match_one_process(tmp_path):
