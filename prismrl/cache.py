@@ -37,6 +37,11 @@ def _inventory(folder: Path) -> dict[str, int]:
             if f.is_file() and f.name != CONTENTS}
 
 
+def record_contents(folder: Path) -> None:
+    """Re-record the inventory of a published folder after a deliberate in-place repair of one of its files."""
+    (folder / CONTENTS).write_text(json.dumps(_inventory(folder), indent=1))
+
+
 def cache_damage(folder: Path, marker: str = MANIFEST) -> str | None:
     """Why the published cache folder is not whole (a file missing, a size changed, no inventory), or None."""
     if not (folder / marker).is_file():

