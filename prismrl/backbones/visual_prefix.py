@@ -7,53 +7,24 @@
 
 ``vision_encoder`` is an ``EmbeddingTower`` (its encoder's tokens are used, and its embedding z can be added as
 one more token) or a bare encoder with ``hidden_size`` returning ``EncoderOutput``. Its weights can come from an
-``AlignmentModule`` checkpoint (``load_aligned_vision``).
+``AlignmentModule`` checkpoint (``load_aligned_vision``, in ``prismrl.backbones.aligned_towers``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
+from prismrl.backbones.aligned_towers import (
+    TOWER_PREFIXES,
+    is_tower,
+    load_aligned_vision,
+)
 from prismrl.backbones.freezing import freeze as freeze_module
 from prismrl.backbones.projection import ProjectionHead
 from prismrl.backbones.resampler import PerceiverResampler
-from prismrl.checkpoints import load_checkpoint
 
-ALIGNMENT_PREFIX = "image_tower."
-
-
-def _is_tower(module: nn.Module) -> bool:
-    return callable(getattr(module, "forward_with_tokens", None)) and isinstance(getattr(module, "encoder", None), nn.Module)
-
-
-def load_aligned_vision(vision_encoder: nn.Module, checkpoint: str | Path) -> None:
-    """Load the image tower of an ``AlignmentModule`` checkpoint into ``vision_encoder`` (a tower, or the bare
-    encoder: then only the tower's ``encoder.*`` weights are used). Every parameter must exist on both sides
-    with the same shape, else ValueError naming the first mismatches."""
-    path = Path(checkpoint)
-    state = load_checkpoint(path, field="alignment_checkpoint")
-    weights = state.get("state_dict", state)
-    tower = {k[len(ALIGNMENT_PREFIX):]: v for k, v in weights.items() if k.startswith(ALIGNMENT_PREFIX)}
-    if not tower:
-        raise ValueError(f"alignment_checkpoint: '{path}' holds no '{ALIGNMENT_PREFIX}*' weights; expected a "
-                         "checkpoint written by AlignmentModule")
-    if not _is_tower(vision_encoder):
-        tower = {k[len("encoder."):]: v for k, v in tower.items() if k.startswith("encoder.")}
-    own = vision_encoder.state_dict()
-    mismatched = [f"{k}: {tuple(tower[k].shape)} in the checkpoint, {tuple(own[k].shape)} in vision_encoder"
-                  for k in own if k in tower and tower[k].shape != own[k].shape]
-    missing, unexpected = sorted(own.keys() - tower.keys()), sorted(tower.keys() - own.keys())
-    if mismatched or missing or unexpected:
-        raise ValueError(
-            f"alignment_checkpoint: the image tower in '{path}' does not match vision_encoder "
-            f"({type(vision_encoder).__name__}); build vision_encoder with the alignment run's sizes. "
-            f"Shape mismatches: {mismatched[:3]}; missing in the checkpoint: {missing[:3]}; "
-            f"not in vision_encoder: {unexpected[:3]}"
-        )
-    vision_encoder.load_state_dict(tower)
+ALIGNMENT_PREFIX = TOWER_PREFIXES["image"]
 
 
 class VisualPrefix(nn.Module):
@@ -72,7 +43,7 @@ class VisualPrefix(nn.Module):
                  depth: int = 2, num_heads: int = 4, head_dim: int = 32, projector_hidden_dim: int | None = None,
                  use_aligned_embedding: bool = False, freeze: bool = True) -> None:
         super().__init__()
-        self.is_tower = _is_tower(vision_encoder)
+        self.is_tower = is_tower(vision_encoder)
         encoder = vision_encoder.encoder if self.is_tower else vision_encoder
         width = getattr(encoder, "hidden_size", None)
         if not isinstance(width, int):

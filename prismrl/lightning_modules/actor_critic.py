@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from prismrl.backbones.aligned_towers import load_aligned_encoders
 from prismrl.backbones.fusion import CrossModalFusion
 from prismrl.backbones.masked_lm import load_dap_encoder_into
 from prismrl.choices import check_positive_int, parse_choice
@@ -81,12 +82,22 @@ class ActorCriticModule(StageModule):
         num_actions: policy outputs (default num_classes; the default reward compares actions with labels).
         mode: "supervised" | "rl" | "combined"; ``module.mode = ...`` switches it at run time (validated).
         modalities: "both" | "text" | "image".
-        supervised_weight, rl_weight: weights of L_sup and L_rl.
-        fusion_dim, fusion_heads, fusion_layers, dropout: CrossModalFusion settings (state width = fusion_dim).
-        gamma: discount for ``rewards [B, T]`` batches; entropy_coef, value_coef, normalize_advantages: L_rl.
+        supervised_weight: weight of the supervised (classifier) loss L_sup.
+        rl_weight: weight of the actor-critic loss L_rl.
+        fusion_dim: width of the fused state (CrossModalFusion).
+        fusion_heads: attention heads of each fusion layer.
+        fusion_layers: bi-directional cross-attention layers.
+        dropout: dropout inside the fusion layers and heads.
+        gamma: discount for ``rewards [B, T]`` batches.
+        entropy_coef: weight of the policy's entropy bonus in L_rl.
+        value_coef: weight of the value loss in L_rl.
+        normalize_advantages: whiten the advantages over the batch before the policy loss.
         wrong_action_reward: default reward of a wrong action (0; e.g. -1 as a penalty).
         text_encoder_checkpoint: a DAP folder (``MaskedLMModule.export_encoder``) whose weights and tokenizer
             replace the text encoder's (model type, vocab and width must match).
+        alignment_checkpoint: an ``AlignmentModule`` checkpoint whose image tower's encoder weights replace
+            vision_encoder's and whose text tower's encoder weights replace text_encoder's (those the modalities
+            use; text_encoder_checkpoint, when given, supplies the text encoder instead). Every shape is checked.
         optimizer: AdamW (heads at ``lr``, encoders in their own groups at ``encoder_lr``; no decay on biases and
             norms) + per-step warmup-cosine.
     """
@@ -111,6 +122,7 @@ class ActorCriticModule(StageModule):
         normalize_advantages: bool = True,
         wrong_action_reward: float = 0.0,
         text_encoder_checkpoint: str | None = None,
+        alignment_checkpoint: str | None = None,
         optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3, encoder_lr=1e-5, weight_decay=0.01, warmup_ratio=0.1),
     ) -> None:
         super().__init__()
@@ -132,6 +144,9 @@ class ActorCriticModule(StageModule):
             check_positive_int("num_actions", num_actions, minimum=2)
         self.text_encoder = text_encoder if uses_text else None
         self.vision_encoder = vision_encoder if uses_image else None
+        if alignment_checkpoint is not None:
+            load_aligned_encoders(alignment_checkpoint, vision_encoder=self.vision_encoder,
+                                  text_encoder=self.text_encoder if text_encoder_checkpoint is None else None)
         if text_encoder_checkpoint is not None:
             if self.text_encoder is None:
                 raise ValueError("text_encoder_checkpoint: modalities='image' uses no text encoder to load it into")

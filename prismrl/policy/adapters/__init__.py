@@ -3,6 +3,7 @@
 from prismrl.policy.adapters.base import (
     IMAGE_PLACEHOLDER,
     ProcessedImages,
+    ProcessorSettings,
     VLMAdapter,
     split_completions,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "InternVLAdapter",
     "LlavaAdapter",
     "ProcessedImages",
+    "ProcessorSettings",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
     "TINY_FAMILIES",

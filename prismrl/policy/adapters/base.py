@@ -7,26 +7,107 @@ placeholder by the family's image tokens (as many as the vision tower yields for
 tokenizes. A family subclass only says how images become pixel tensors and how many tokens each image
 takes (``process_images``), and how one image is written in text (``image_text``).
 
+How images and prompts are processed is set by ``ProcessorSettings`` (YAML: ``model.init_args.processor``):
+image-processor settings and the chat template. A model folder that carries its own processor files
+(``preprocessor_config.json``, or ``processor_config.json`` with an ``image_processor`` entry) gives the image
+processor (``AutoImageProcessor.from_pretrained``) and, when the tokenizer has none, the chat template
+(``chat_template.jinja`` / ``chat_template.json``); fields set in ``ProcessorSettings`` win over the folder's.
+A tokenizer without a chat template is an error unless ``use_chat_template: false`` asks for raw prompts.
+
 Empty completions are allowed: that row's ``loss_mask`` is all zero, so it adds nothing to a
 token-summed loss; the reward function alone decides what reward an empty answer earns.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import Tensor
 
+from prismrl.choices import check_positive_int, checkpoint_safe
 from prismrl.data.records import IMAGE_PLACEHOLDER
 from prismrl.policy.images import normalize_images
 from prismrl.policy.multimodal import MultimodalBatch
 
 RopeIndexFn = Callable[[MultimodalBatch], Tensor]  # batch -> [3, B, T] M-RoPE positions
+
+
+IMAGE_FIELDS = ("min_pixels", "max_pixels", "min_tiles", "max_tiles", "image_mean", "image_std")
+
+
+@checkpoint_safe
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """How a (vision-)language adapter processes images and prompts (YAML: ``model.init_args.processor``).
+
+    name_or_path: where the processor files are (a folder or an HF id); None = the model's own folder when it has
+    processor files and ``from_model_folder`` is true. Image settings (None = the folder's, else the family's
+    default): min_pixels / max_pixels (Qwen-VL dynamic resolution), min_tiles / max_tiles (InternVL tiling),
+    image_mean / image_std (three floats; InternVL defaults to ImageNet's, LLaVA and Qwen-VL to CLIP's). A family
+    that has no use for a field refuses it. chat_template: a Jinja template, or the path of a ``.jinja`` file, that
+    replaces the tokenizer's (and is installed on it, so exported tokenizers carry it); use_chat_template: false
+    tokenizes prompts raw (the only way to run a tokenizer that has no chat template).
+    """
+
+    name_or_path: str | None = None
+    from_model_folder: bool = True
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    min_tiles: int | None = None
+    max_tiles: int | None = None
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+    chat_template: str | None = None
+    use_chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("min_pixels", "max_pixels", "min_tiles", "max_tiles"):
+            if getattr(self, name) is not None:
+                check_positive_int(f"processor.{name}", getattr(self, name))
+        for low, high in (("min_pixels", "max_pixels"), ("min_tiles", "max_tiles")):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"processor.{low}: expected at most {high}={hi}, received {lo}")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+                raise ValueError(f"processor.{name}: expected three floats (one per RGB channel), received {value!r}")
+            if name == "image_std" and min(value) <= 0:
+                raise ValueError(f"processor.image_std: expected positive values, received {list(value)}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    def with_defaults(self, **values: Any) -> ProcessorSettings:
+        """These settings with the fields they leave None taken from ``values`` (None values ignored)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None and getattr(self, k) is None})
+
+    def image_overrides(self) -> dict[str, Any]:
+        """The image settings that are set, by field name."""
+        return {name: getattr(self, name) for name in IMAGE_FIELDS if getattr(self, name) is not None}
+
+
+def _processor_files(folder: Path) -> bool:
+    if (folder / "preprocessor_config.json").is_file():
+        return True
+    config = folder / "processor_config.json"
+    return config.is_file() and "image_processor" in json.loads(config.read_text())
+
+
+def _folder_chat_template(folder: Path) -> str | None:
+    """A processor's chat template saved in ``folder`` (``chat_template.jinja`` or ``chat_template.json``)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return None
 
 
 @dataclass
@@ -46,6 +127,7 @@ class VLMAdapter(ABC):
     supports_images: ClassVar[bool] = True
     token_kwarg_keys: ClassVar[tuple[str, ...]] = ()  # per-token model kwargs rebuilt from input_ids
     special_tokens: ClassVar[dict[str, str]] = {}  # tiny configs: config field -> vision token added to the tokenizer
+    image_settings: ClassVar[tuple[str, ...]] = ()  # the ProcessorSettings image fields this family uses
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
@@ -58,17 +140,85 @@ class VLMAdapter(ABC):
         raise ValueError(f"tiny_config: {cls.__name__} has no tiny config recipe; load this family from "
                          "model_name_or_path instead")
 
-    def __init__(self, tokenizer, config, system_prompt: str | None = None, use_chat_template: bool = True) -> None:
+    def __init__(self, tokenizer, config, system_prompt: str | None = None, use_chat_template: bool = True,
+                 processor: ProcessorSettings | None = None) -> None:
         self.tokenizer = tokenizer
         self.config = config
         if system_prompt is not None and IMAGE_PLACEHOLDER in system_prompt:
             raise ValueError(f"system_prompt: must not contain the image placeholder {IMAGE_PLACEHOLDER!r}")
         self.system_prompt = system_prompt
-        self.use_chat_template = use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+        if processor is not None and not isinstance(processor, ProcessorSettings):
+            raise TypeError(f"processor: expected ProcessorSettings, received {type(processor).__name__}")
+        self.processor_settings = processor or ProcessorSettings()
+        unused = [f for f in IMAGE_FIELDS if getattr(self.processor_settings, f) is not None and f not in self.image_settings]
+        if unused:
+            raise ValueError(f"processor.{unused[0]}: {type(self).__name__} has no such image setting (it uses "
+                             f"{list(self.image_settings) or 'none'}), received {getattr(self.processor_settings, unused[0])!r}")
+        self.use_chat_template = use_chat_template and self.processor_settings.use_chat_template
+        if self.use_chat_template:
+            self._install_chat_template()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("tokenizer: needs a pad_token_id or an eos_token_id to pad batches, it has neither")
         self.pad_token_id = int(pad)
+
+    # ---- processor files and chat template -------------------------------------------------------
+    def processor_source(self) -> str | None:
+        """Where the image processor loads from: ``processor.name_or_path``; else, with ``processor.from_model_folder``,
+        the model's folder when it carries processor files, or the model's HF id; else None (the family's default)."""
+        settings = self.processor_settings
+        if settings.name_or_path is not None:
+            return settings.name_or_path
+        name = getattr(self.config, "_name_or_path", None) or ""
+        if not settings.from_model_folder or not name:
+            return None
+        if Path(name).is_dir():
+            return name if _processor_files(Path(name)) else None
+        return name  # an HF id: its processor files, if the repo has them (else the family's default)
+
+    def build_image_processor(self, image_processor: Any, default: Callable[..., Any], **family_kwargs: Any) -> Any:
+        """``image_processor`` when given; else the one saved in ``processor_source()``
+        (``AutoImageProcessor.from_pretrained``) or ``default(**family_kwargs)``, either with the image fields
+        set in ``processor_settings`` as overrides (renamed for the family's image processor by ``image_kwargs``)."""
+        if image_processor is not None:
+            return image_processor
+        overrides = self.image_kwargs(self.processor_settings.image_overrides())
+        source = self.processor_source()
+        if source is not None:
+            from transformers import AutoImageProcessor
+
+            try:
+                return AutoImageProcessor.from_pretrained(source, **overrides)
+            except (OSError, ValueError) as err:
+                if self.processor_settings.name_or_path is not None or Path(source).is_dir():
+                    raise ValueError(f"processor.name_or_path: cannot load an image processor from {source!r}: "
+                                     f"{err}") from err
+                # the model's HF id holds no processor files: the family's default below
+        return default(**{**family_kwargs, **overrides})
+
+    def image_kwargs(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """ProcessorSettings image fields -> this family's image-processor kwargs (default: same names)."""
+        return dict(settings)
+
+    def _install_chat_template(self) -> None:
+        template = self.processor_settings.chat_template
+        if template is not None and template.endswith(".jinja") and "{" not in template:
+            path = Path(template)
+            if not path.is_file():
+                raise FileNotFoundError(f"processor.chat_template: expected a Jinja template or a .jinja file, "
+                                        f"received '{template}' (no such file)")
+            template = path.read_text()
+        if template is None and getattr(self.tokenizer, "chat_template", None) is None:
+            folder = self.processor_source()
+            template = _folder_chat_template(Path(folder)) if folder and Path(folder).is_dir() else None
+        if template is not None:
+            self.tokenizer.chat_template = template
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"processor.chat_template: the tokenizer ({type(self.tokenizer).__name__}) has no chat template and "
+                "the model folder holds none; set processor.chat_template (a Jinja template or a .jinja file), or "
+                "processor.use_chat_template: false to tokenize prompts raw, received None"
+            )
 
     # ---- family hooks -------------------------------------------------------------------------
     @abstractmethod

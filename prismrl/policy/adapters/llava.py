@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from prismrl.backbones.tokenizers import tiny_decoder_kwargs
-from prismrl.policy.adapters.base import ProcessedImages, VLMAdapter
+from prismrl.policy.adapters.base import ProcessedImages, ProcessorSettings, VLMAdapter
 from prismrl.policy.adapters.tiny import add_special_tokens, merged_overrides
 
 CLS_VISION_TYPES = frozenset({"clip_vision_model"})
@@ -30,6 +30,7 @@ class LlavaAdapter(VLMAdapter):
 
     model_types = ("llava",)
     special_tokens = {"image_token_id": "<image>"}
+    image_settings = ("image_mean", "image_std")
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
@@ -46,20 +47,20 @@ class LlavaAdapter(VLMAdapter):
                                         **overrides)
 
     def __init__(
-        self, tokenizer, config, image_processor=None, system_prompt: str | None = None, use_chat_template: bool = True
+        self, tokenizer, config, image_processor=None, system_prompt: str | None = None, use_chat_template: bool = True,
+        processor: ProcessorSettings | None = None,
     ) -> None:
-        super().__init__(tokenizer, config, system_prompt, use_chat_template)
+        super().__init__(tokenizer, config, system_prompt, use_chat_template, processor)
         vision = config.vision_config
         size, patch = side(vision.image_size), side(vision.patch_size)
         has_cls = vision.model_type in CLS_VISION_TYPES
         drops_first = config.vision_feature_select_strategy == "default"
         self.tokens_per_image = (size // patch) ** 2 + int(has_cls) - int(drops_first)
-        if image_processor is None:
-            import transformers
+        import transformers
 
-            cls = getattr(transformers, "LlavaImageProcessorPil", None) or transformers.LlavaImageProcessor
-            image_processor = cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        self.image_processor = image_processor
+        cls = getattr(transformers, "LlavaImageProcessorPil", None) or transformers.LlavaImageProcessor
+        self.image_processor = self.build_image_processor(
+            image_processor, cls, size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         self._image_id = int(config.image_token_id)
         self._image_text = tokenizer.convert_ids_to_tokens(self._image_id)
 

@@ -15,7 +15,12 @@ from PIL import Image
 from torch import Tensor
 
 from prismrl.backbones.tokenizers import tiny_decoder_kwargs
-from prismrl.policy.adapters.base import ProcessedImages, RopeIndexFn, VLMAdapter
+from prismrl.policy.adapters.base import (
+    ProcessedImages,
+    ProcessorSettings,
+    RopeIndexFn,
+    VLMAdapter,
+)
 from prismrl.policy.adapters.tiny import add_special_tokens, merged_overrides
 from prismrl.policy.multimodal import MultimodalBatch
 
@@ -27,7 +32,7 @@ QWEN_SPECIAL_TOKENS = {
 }
 
 
-def _qwen_image_processor(config, min_pixels: int, max_pixels: int):
+def _qwen_image_processor(config, min_pixels: int, max_pixels: int, **settings: Any):
     import transformers
 
     cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
@@ -38,6 +43,7 @@ def _qwen_image_processor(config, min_pixels: int, max_pixels: int):
         patch_size=vision.patch_size,
         temporal_patch_size=vision.temporal_patch_size,
         merge_size=vision.spatial_merge_size,
+        **settings,
     )
 
 
@@ -66,6 +72,7 @@ class Qwen2VLAdapter(VLMAdapter):
     model_types = ("qwen2_vl",)
     token_kwarg_keys = ("mm_token_type_ids",)
     special_tokens = QWEN_SPECIAL_TOKENS
+    image_settings = ("min_pixels", "max_pixels", "image_mean", "image_std")
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
@@ -80,14 +87,20 @@ class Qwen2VLAdapter(VLMAdapter):
         tokenizer,
         config,
         image_processor=None,
-        min_pixels: int = 56 * 56,
-        max_pixels: int = 28 * 28 * 1280,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
         system_prompt: str | None = None,
         use_chat_template: bool = True,
+        processor: ProcessorSettings | None = None,
     ) -> None:
-        super().__init__(tokenizer, config, system_prompt, use_chat_template)
+        """``min_pixels`` / ``max_pixels`` given here apply where ``processor`` leaves them None; without either,
+        the folder's saved settings or 56*56 / 28*28*1280."""
+        processor = (processor or ProcessorSettings()).with_defaults(min_pixels=min_pixels, max_pixels=max_pixels)
+        super().__init__(tokenizer, config, system_prompt, use_chat_template, processor)
         self.merge_size = int(config.vision_config.spatial_merge_size)
-        self.image_processor = image_processor or _qwen_image_processor(config, min_pixels, max_pixels)
+        self.image_processor = self.build_image_processor(
+            image_processor, lambda **kw: _qwen_image_processor(config, **kw), min_pixels=56 * 56,
+            max_pixels=28 * 28 * 1280)
         self._ids = {
             "start": int(config.vision_start_token_id),
             "end": int(config.vision_end_token_id),
