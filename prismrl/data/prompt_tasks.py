@@ -7,6 +7,9 @@
   whose example answers in the form "x op y = z"; reward 0.5 * [the reply is just such an equation] +
   1.0 * [its last number is correct].
   Train and val draw from independent seeded streams, so with few distinct problems they can overlap.
+- ``digit_qa``: the VL instruction set of ``prismrl.data.digit_qa`` (same cache, same split as VL SFT) as prompts
+  "<image>" + question (digit / parity / size), answer a word ("seven", "odd", "yes"); meta = {question_type,
+  label}; reward 1.0 * exact answer + 0.2 * [the reply is one answer word].
 
 """
 
@@ -19,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from prismrl.choices import check_positive_int
-from prismrl.data.digits import render_digit, stratified_split
+from prismrl.data.digits import DIGIT_NAMES, render_digit, stratified_split
 from prismrl.data.images import decode_image, to_rgb
 from prismrl.data.records import IMAGE_PLACEHOLDER, PromptRecord
 
@@ -28,6 +31,7 @@ DIGIT_VQA_PROMPT = f"{IMAGE_PLACEHOLDER}Which digit is shown? Answer with a sing
 OPERATIONS: dict[str, Callable[[int, int], int]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 ARITHMETIC_PROMPT = "Q: What is 2 {op} 3?\nA: 2 {op} 3 = {example}\nQ: What is {a} {op} {b}?\nA:"
 EQUATION_PATTERN = r"-?\d+\s*[-+*]\s*-?\d+\s*=\s*-?\d+\.?"  # the whole (stripped) completion is "a op b = c"
+DIGIT_QA_ANSWER_PATTERN = "(?i)(" + "|".join([*DIGIT_NAMES, "even", "odd", "yes", "no"]) + ")"  # one answer word
 
 
 def _check_split(split: str) -> int:
@@ -86,3 +90,21 @@ def arithmetic_records(
         prompt = ARITHMETIC_PROMPT.format(a=a, b=b, op=op, example=OPERATIONS[op](2, 3))
         records.append(PromptRecord(prompt=prompt, answer=str(OPERATIONS[op](a, b)), meta={"a": a, "b": b, "op": op}))
     return records
+
+
+def digit_qa_records(split: str, question_types: Sequence[str] | None = None, val_fraction: float = 0.2,
+                     data_seed: int = 0, root: str | None = None) -> list[PromptRecord]:
+    """The digit QA rows of ``split`` (``prismrl.data.digit_qa``, built on first use) as prompt records."""
+    import pyarrow.parquet as pq
+
+    from prismrl.data.digit_qa import QUESTION_TYPES, ensure_digit_qa
+
+    stream = _check_split(split)
+    files = ensure_digit_qa(root, tuple(question_types or QUESTION_TYPES), val_fraction, data_seed)
+    table = pq.read_table(files.train_parquet if stream == 0 else files.val_parquet).to_pylist()
+    return [
+        PromptRecord(prompt=IMAGE_PLACEHOLDER + row["question"],
+                     images=[to_rgb(decode_image(row["image"], f"digit_qa {split} row {i}"))], answer=row["answer"],
+                     meta={"question_type": row["question_type"], "label": int(row["label"])})
+        for i, row in enumerate(table)
+    ]

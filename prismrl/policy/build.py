@@ -28,6 +28,7 @@ from prismrl.backbones.lora import (
 )
 from prismrl.choices import checkpoint_safe
 from prismrl.policy.adapters.registry import tiny_policy_config
+from prismrl.policy.visual_prefix_policy import build_visual_prefix_policy
 
 # Path components that name a VLM's vision side (Qwen2-VL "visual", LLaVA "vision_tower" +
 # "multi_modal_projector", InternVL "vision_tower" + "multi_modal_projector", SigLIP/CLIP "vision_model").
@@ -59,6 +60,9 @@ class PolicySettings:
     (needs lora: QLoRA); lora: adapters on the language model's linear layers (None = full fine-tuning);
     lora_on_vision: adapt the vision tower too; train_vision: without LoRA, train the vision tower as well;
     gradient_checkpointing: recompute activations in backward (non-reentrant).
+    vl_sft_checkpoint: instead of the two above, a VisionLanguageSFTModule checkpoint (prismrl's own visual-prefix
+    LM, ``prismrl.policy.visual_prefix_policy``: its SFT LoRA merged, ``lora`` = the RL LoRA);
+    train_visual_prefix: with it, train the resampler and projector too (the vision encoder stays frozen).
     """
 
     model_name_or_path: str | None = None
@@ -70,11 +74,24 @@ class PolicySettings:
     lora_on_vision: bool = False
     train_vision: bool = False
     gradient_checkpointing: bool = False
+    vl_sft_checkpoint: str | None = None
+    train_visual_prefix: bool = False
 
     def __post_init__(self) -> None:
-        if (self.model_name_or_path is None) == (self.tiny_config is None):
-            raise ValueError("policy: expected exactly one of model_name_or_path or tiny_config, received "
-                             f"model_name_or_path={self.model_name_or_path!r}, tiny_config={self.tiny_config!r}")
+        sources = {"model_name_or_path": self.model_name_or_path, "tiny_config": self.tiny_config,
+                   "vl_sft_checkpoint": self.vl_sft_checkpoint}
+        if sum(v is not None for v in sources.values()) != 1:
+            raise ValueError("policy: expected exactly one of model_name_or_path, tiny_config or vl_sft_checkpoint, "
+                             f"received {', '.join(f'{k}={v!r}' for k, v in sources.items())}")
+        if self.vl_sft_checkpoint is not None:
+            unsupported = {k: getattr(self, k) for k in ("quantization", "lora_on_vision", "train_vision")
+                           if getattr(self, k) not in (None, False)}
+            if unsupported:
+                raise ValueError(f"policy.vl_sft_checkpoint: {', '.join(unsupported)} not supported with it, received "
+                                 f"{unsupported}; use policy.train_visual_prefix to train the resampler and projector")
+        elif self.train_visual_prefix:
+            raise ValueError("policy.train_visual_prefix: expected only with policy.vl_sft_checkpoint, received "
+                             f"train_visual_prefix=True with model_name_or_path={self.model_name_or_path!r}")
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoraSettings(**self.lora))
         if self.quantization is not None and self.lora is None:
@@ -95,6 +112,9 @@ def load_policy_model(settings: PolicySettings):
 
 def build_policy(settings: PolicySettings):
     """(policy model, tokenizer); see the module docstring."""
+    if settings.vl_sft_checkpoint is not None:
+        return build_visual_prefix_policy(settings.vl_sft_checkpoint, settings.lora, settings.train_visual_prefix,
+                                          settings.torch_dtype, settings.gradient_checkpointing)
     model, tokenizer = load_policy_model(settings)
     lora = settings.lora
     if settings.quantization is not None:

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from prismrl.data.prompt_tasks import (
+    DIGIT_QA_ANSWER_PATTERN,
     EQUATION_PATTERN,
     arithmetic_records,
+    digit_qa_records,
     digit_vqa_records,
 )
 from prismrl.data.records import PromptRecord
@@ -36,6 +38,12 @@ def arithmetic_reward() -> WeightedSumReward:
     return WeightedSumReward([fmt, NumericMatchReward(name="correct")], weights=[0.5, 1.0])
 
 
+def digit_qa_reward() -> WeightedSumReward:
+    """1.0 * [the reply is exactly the answer word] + 0.2 * [the reply is one answer word]; max 1.2."""
+    fmt = FormatReward(DIGIT_QA_ANSWER_PATTERN, name="format", full_match=True)
+    return WeightedSumReward([ExactMatchReward(name="exact_match"), fmt], weights=[1.0, 0.2])
+
+
 @dataclass(frozen=True)
 class PromptTask:
     """A named task: ``build(split, **kwargs) -> list[PromptRecord]`` and its recommended ``reward()``."""
@@ -55,6 +63,7 @@ class PromptTask:
 TASKS: dict[str, PromptTask] = {
     "digit_vqa": PromptTask(digit_vqa_records, digit_vqa_reward),
     "arithmetic": PromptTask(arithmetic_records, arithmetic_reward),
+    "digit_qa": PromptTask(digit_qa_records, digit_qa_reward),
 }
 
 

@@ -93,9 +93,9 @@ def test_arithmetic_errors(kwargs, message):
 
 
 def test_registry():
-    assert set(TASKS) == {"digit_vqa", "arithmetic"}
+    assert set(TASKS) == {"digit_vqa", "arithmetic", "digit_qa"}
     assert len(get_task("arithmetic").records("val", num_examples=7)) == 7
-    with pytest.raises(ValueError, match="task: expected one of \\['arithmetic', 'digit_vqa'\\], received 'chess'"):
+    with pytest.raises(ValueError, match="task: expected one of \\['arithmetic', 'digit_qa', 'digit_vqa'\\], received 'chess'"):
         get_task("chess")
     with pytest.raises(ValueError, match="task_kwargs: arithmetic_records accepts .*num_examples.*, received unknown"):
         get_task("arithmetic").records("train", image_size=8)
@@ -123,3 +123,24 @@ def test_digit_vqa_records_drive_a_tiny_qwen2_vl_rollout(digit_splits):
     scores = score_completions(get_task("digit_vqa").reward(), completions, records)
     expected = [float(c.strip().casefold() == r.answer) for c, r in zip(completions, records)]
     assert scores.total.tolist() == expected
+
+
+def test_digit_qa_records_are_the_vl_sft_split_and_reward_exact_answer_plus_format():
+    import pyarrow.parquet as pq
+
+    from prismrl.data.digit_qa import ensure_digit_qa
+
+    task = get_task("digit_qa")
+    val = task.records("val")
+    table = pq.read_table(ensure_digit_qa().val_parquet).to_pylist()
+    assert len(val) == len(table)
+    assert [r.prompt for r in val[:5]] == [IMAGE_PLACEHOLDER + row["question"] for row in table[:5]]
+    assert [r.answer for r in val[:5]] == [row["answer"] for row in table[:5]]
+    assert {r.meta["question_type"] for r in val} == {"digit", "parity", "size"} and len(val[0].images) == 1
+    records = val[:4]
+    wrong = next(w for w in ("seven", "odd", "yes", "no") if w != records[1].answer)
+    scores = score_completions(task.reward(), [records[0].answer, wrong, records[2].answer + ".", "I think so"],
+                               records)
+    assert scores.components["exact_match"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert scores.components["format"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert scores.total.tolist() == pytest.approx([1.2, 0.2, 0.0, 0.0])

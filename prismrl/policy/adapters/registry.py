@@ -17,6 +17,7 @@ from prismrl.policy.adapters.causal_lm import CausalLMAdapter
 from prismrl.policy.adapters.internvl import InternVLAdapter
 from prismrl.policy.adapters.llava import LlavaAdapter
 from prismrl.policy.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from prismrl.policy.adapters.visual_prefix import VisualPrefixAdapter
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     model_type: cls
@@ -24,6 +25,8 @@ ADAPTERS: dict[str, type[VLMAdapter]] = {
     for model_type in cls.model_types
 }
 TINY_FAMILIES: dict[str, type[VLMAdapter]] = {**ADAPTERS, "llama": CausalLMAdapter}
+# prismrl's own models (built from a stage checkpoint, no transformers family and no tiny recipe)
+OWN_ADAPTERS: dict[str, type[VLMAdapter]] = {t: cls for cls in (VisualPrefixAdapter,) for t in cls.model_types}
 
 
 def _config_of(model_or_config: Any):
@@ -45,8 +48,8 @@ def _is_text_causal_lm(config) -> bool:
 def adapter_class_for(model_or_config: Any) -> type[VLMAdapter]:
     """The adapter class for a model / config; ValueError listing the supported families otherwise."""
     config = _config_of(model_or_config)
-    if config.model_type in ADAPTERS:
-        return ADAPTERS[config.model_type]
+    if config.model_type in ADAPTERS or config.model_type in OWN_ADAPTERS:
+        return ADAPTERS.get(config.model_type) or OWN_ADAPTERS[config.model_type]
     if _is_text_causal_lm(config):
         return CausalLMAdapter
     raise ValueError(
