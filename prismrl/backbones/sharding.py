@@ -33,15 +33,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prismrl.choices import checkpoint_safe
 
-@dataclass
+
+@checkpoint_safe
+@dataclass(frozen=True)
 class ShardingSettings:
     """How ``shard_stage`` wraps a stage for FSDP2.
 
-    block_classes: class names sharded as their own units (None = every ``_no_split_modules`` name of the HF
-    models inside); mixed_precision: "auto" (bf16 params / fp32 gradient reduction on GPU, none on CPU), "bf16"
-    or "none"; activation_checkpointing: recompute each block's activations in backward (saves memory);
-    reshard_after_forward: free the gathered weights after each forward (ZeRO-3; False = ZeRO-2-like).
+    Args:
+        block_classes: class names sharded as their own units (None = every ``_no_split_modules`` name of the HF
+            models inside).
+        mixed_precision: "auto" (bf16 params / fp32 gradient reduction on GPU, none on CPU), "bf16" or "none".
+        activation_checkpointing: recompute each block's activations in backward (saves memory).
+        reshard_after_forward: free the gathered weights after each forward (ZeRO-3; False = ZeRO-2-like).
+
+    YAML, in any stage (ignored unless ``trainer.strategy`` is ``ModelParallelStrategy``)::
+
+        model:
+          init_args:
+            sharding: {block_classes: [BertLayer], activation_checkpointing: true, mixed_precision: bf16}
     """
 
     block_classes: Sequence[str] | None = None
@@ -55,6 +66,9 @@ class ShardingSettings:
         if self.block_classes is not None and (isinstance(self.block_classes, str) or not all(
                 isinstance(n, str) and n for n in self.block_classes)):
             raise ValueError(f"sharding.block_classes: expected a list of class names, received {self.block_classes!r}")
+        for name in ("activation_checkpointing", "reshard_after_forward"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"sharding.{name}: expected true or false, received {getattr(self, name)!r}")
 
 
 def no_split_module_names(module: nn.Module) -> set[str]:
@@ -256,3 +270,35 @@ def replicate_gradients(params: Sequence[nn.Parameter], mesh) -> None:
     for param in params:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(average)
+
+
+def fill_optimizer_states(optimizer: torch.optim.Optimizer) -> None:
+    """Give each parameter of ``optimizer`` that has no state the state its first step would create, so that a
+    distributed checkpoint holds a state for every parameter.
+
+    torch.distributed.checkpoint refuses to resume from a sharded checkpoint that lacks a parameter's optimizer
+    state ("Missing key in checkpoint state_dict"), which happens when a trainable parameter never received a
+    gradient before the save (e.g. the policy head of an actor-critic trained in supervised mode). The states are
+    made by one step with zero gradients at learning rate 0 for those parameters only (weights unchanged), then the
+    step counters are reset to 0: for Adam, zero moments at step 0, exactly the state its first real step starts from.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    missing = {id(p) for p in params if not optimizer.state.get(p)}
+    if not missing:
+        return
+    grads, lrs = [p.grad for p in params], [group["lr"] for group in optimizer.param_groups]
+    try:
+        for p in params:
+            p.grad = torch.zeros_like(p) if id(p) in missing else None
+        for group in optimizer.param_groups:
+            group["lr"] = torch.zeros_like(group["lr"]) if isinstance(group["lr"], torch.Tensor) else 0.0
+        optimizer.step()
+    finally:
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+    for p in params:
+        state = optimizer.state.get(p) if id(p) in missing else None
+        if state and "step" in state:
+            state["step"] = state["step"].zero_() if isinstance(state["step"], torch.Tensor) else 0

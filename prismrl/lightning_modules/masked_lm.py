@@ -5,6 +5,11 @@ One training step (labels = the original id at the ~15% selected positions, -100
     picked = labels != -100                           # [B, T]
     logits = mlm_head(hidden[picked])                 # [N, V]: the head runs on the N selected positions only
     loss   = mean_n CE(logits_n, labels_n)
+Under DDP / FSDP2 the loss is the mean over the selected positions of every rank (counts all-reduced; each rank
+returns sum_n CE * world_size / N_global, which the ranks' gradient averaging turns into the global mean's gradient),
+so a 2-process run takes the same steps as one process on the doubled batch. Under FSDP2 (``configure_model``) the
+encoder + head computation is registered as a forward method of the sharded root (``picked_mlm_logits``): FSDP2
+gathers the root's weights (embeddings, tied head) only around a root forward.
 Validation on held-out domain text: val/loss = token-level mean NLL over all selected positions of the
 split, val/perplexity = exp(val/loss), val/masked_accuracy = mean_n [argmax logits_n == labels_n].
 
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -37,6 +43,7 @@ from prismrl.backbones.masked_lm import (
     load_domain_tokenizer,
     validate_domain_tokens,
 )
+from prismrl.backbones.sharding import full_state_dict, is_sharded
 from prismrl.backbones.shipped import check_exactly_one
 from prismrl.backbones.text import DEFAULT_TINY_TOKENIZER
 from prismrl.lightning_modules.plumbing import StageModule
@@ -45,18 +52,26 @@ from prismrl.optim import OptimizerSettings, adamw_with_schedule
 log = logging.getLogger(__name__)
 
 
+def picked_mlm_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, picked: Tensor) -> Tensor:
+    """MLM logits ``[N, V]`` of ``model`` (a masked LM with an ``MLM_HEADS`` entry) at the N ``picked`` positions:
+    the encoder, then the head on those positions only."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    return MLM_HEADS[model.config.model_type](model)(hidden[picked])  # [N, V]
+
+
 class MaskedLMModule(StageModule):
     """Continued masked-LM pre-training of a BERT/MiniLM, RoBERTa or ModernBERT encoder on domain text.
 
     Args:
-        model_name_or_path / tiny_config: exactly one; an HF id, folder or "shipped:<alias>" (a model saved
-            without an MLM head, like the shipped MiniLM, gets a newly initialized head: a log line says so),
-            or a transformers config dict with "model_type" (random init).
+        model_name_or_path: an HF id, folder or "shipped:<alias>" (a model saved without an MLM head, like the
+            shipped MiniLM, gets a newly initialized head: a log line says so); exactly one of this or tiny_config.
+        tiny_config: a transformers config dict with "model_type" (random init), instead of model_name_or_path.
         tokenizer_name_or_path: default ``model_name_or_path``, else the shipped MiniLM tokenizer.
         domain_tokens: new special tokens, e.g. ["<DOMAIN_NEWS>"]; one already in the vocabulary -> ValueError.
         optimizer: AdamW over every trainable parameter at ``lr`` (``encoder_lr`` unused), linear warmup then
             cosine decay.
         export_dir: when set, ``export_encoder(export_dir)`` runs at the end of ``fit`` (final weights).
+        attn_implementation: "sdpa" (PyTorch fused attention), "eager" or "flash_attention_2".
     """
 
     def __init__(
@@ -117,21 +132,38 @@ class MaskedLMModule(StageModule):
         labels = batch["labels"]  # [B, T]
         picked = labels != IGNORE_INDEX  # [B, T]
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        head = MLM_HEADS.get(self.model.config.model_type)
-        if head is None:
+        if self.model.config.model_type not in MLM_HEADS:
             return self.model(**inputs).logits[picked], labels[picked]
-        hidden = self.model.base_model(**inputs).last_hidden_state  # [B, T, H]
-        return head(self.model)(hidden[picked]), labels[picked]  # [N, V], [N]
+        sharded_forward = self.model.__dict__.get("picked_mlm_logits")  # set by configure_model under FSDP2
+        if sharded_forward is not None:
+            return sharded_forward(picked=picked, **inputs), labels[picked]
+        return picked_mlm_logits(self.model, picked=picked, **inputs), labels[picked]  # [N, V], [N]
+
+    def configure_model(self) -> None:
+        """FSDP2 sharding (``StageModule.configure_model``), then ``picked_mlm_logits`` registered as a forward
+        method of the sharded masked LM, so its root weights are gathered for the encoder and the head."""
+        super().configure_model()
+        if is_sharded(self.model) and self.model.config.model_type in MLM_HEADS and \
+                "picked_mlm_logits" not in self.model.__dict__:
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            self.model.picked_mlm_logits = picked_mlm_logits.__get__(self.model)
+            register_fsdp_forward_method(self.model, "picked_mlm_logits")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits, targets = self.masked_logits(batch)
         batch_size = batch["input_ids"].shape[0]
-        if targets.numel() == 0:  # nothing selected: a zero loss that still touches the head
-            return logits.sum() * 0.0
-        loss = F.cross_entropy(logits.float(), targets)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/masked_accuracy", (logits.argmax(-1) == targets).float().mean(), batch_size=batch_size)
-        return loss
+        nll = F.cross_entropy(logits.float(), targets, reduction="sum")  # 0, still touching the head, when N = 0
+        sums = torch.stack([nll.detach(), (logits.argmax(-1) == targets).sum().float(),
+                            torch.tensor(float(targets.numel()), device=nll.device)])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)  # [sum CE, correct, selected] over every rank
+        selected = sums[2].clamp(min=1.0)
+        if sums[2] > 0:
+            self.log("train/loss", sums[0] / selected, prog_bar=True, batch_size=batch_size)
+            self.log("train/masked_accuracy", sums[1] / selected, batch_size=batch_size)
+        return nll * world / selected  # gradients averaged over ranks: the global token mean's gradient
 
     # ----- evaluation -----
     def on_validation_epoch_start(self) -> None:
@@ -162,12 +194,19 @@ class MaskedLMModule(StageModule):
 
     # ----- export -----
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            path = self.export_encoder(self.hparams.export_dir)
+        if not self.hparams.export_dir:
+            return
+        state = None
+        if is_sharded(self.model):  # every rank takes part in gathering the full weights; rank 0 receives them
+            prefix = f"{self.model.base_model_prefix}."
+            state = {k[len(prefix):]: v for k, v in full_state_dict(self.model).items() if k.startswith(prefix)}
+        if self.trainer.is_global_zero:
+            path = self.export_encoder(self.hparams.export_dir, state_dict=state)
             log.info("MaskedLMModule: exported the encoder and tokenizer to %s", path)
 
-    def export_encoder(self, folder: str | os.PathLike) -> Path:
+    def export_encoder(self, folder: str | os.PathLike, state_dict: dict[str, Tensor] | None = None) -> Path:
         """Save the encoder (no MLM head) + tokenizer to ``folder`` atomically; returns the folder.
+        ``state_dict``: the encoder's full weights when the module is sharded (default: its own state dict).
 
         Written into a temporary sibling folder, then renamed into place (an existing folder is moved
         aside first and deleted after). ``HFTextEncoder(model_name_or_path=folder)`` loads the result.
@@ -179,7 +218,7 @@ class MaskedLMModule(StageModule):
         architectures = getattr(self.encoder.config, "architectures", None)
         try:
             os.chmod(tmp, 0o755)
-            self.encoder.save_pretrained(tmp)
+            self.encoder.save_pretrained(tmp, state_dict=state_dict)
             self.tokenizer.save_pretrained(tmp)
             provenance = {"source": self.hparams.model_name_or_path or "tiny_config", "domain_tokens": self.domain_tokens,
                           "global_step": int(self.trainer.global_step) if self._trainer is not None else 0}

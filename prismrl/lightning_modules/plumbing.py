@@ -5,21 +5,32 @@
   clipped to ``optimizer_settings.max_grad_norm`` unless the Trainer sets ``gradient_clip_val``;
   ``manual_optimizer_step`` is the zero-grad / backward / clip / step sequence of manual optimization.
   A ``NumericalGuard`` joins the callbacks unless the Trainer has one. Checkpoints record the stage that
-  wrote them (``checkpoint["prismrl"] = {"stage": "<module>.<Class>", "version": ...}``); loading one
-  written by another stage is an error that names both.
+  wrote them (``checkpoint["prismrl"] = {"stage": "<module>.<Class>", "version": ..., "world_size": ...}``);
+  loading one written by another stage is an error that names both, and so is resuming a fit under another
+  world size (``check_checkpoint_world_size``). Every stage's ``__init__`` takes ``sharding`` (FSDP2 settings).
+- Pretrained frozen weights stay out of checkpoints: a stage names the children whose frozen weights its
+  constructor rebuilds from their source (``rebuilt_frozen_children``); checkpoints then hold the trainable weights
+  (LoRA adapters, heads) and record each source with a checksum of what was left out, and loading refills those
+  weights from the freshly built model after checking the checksum (``frozen_pretrained_names``).
 - ``built_from_config``: whether LightningCLI (or ``load_from_checkpoint`` of its checkpoints) is
   instantiating the module right now.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from lightning import LightningModule, Trainer
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import prismrl
+from prismrl.backbones.sharding import ShardingSettings
 from prismrl.callbacks.numerical_guard import NumericalGuard
 from prismrl.optim import OptimizerSettings
 from prismrl.policy.rollout import RolloutEngine, build_rollout_engine
@@ -42,6 +53,53 @@ def check_checkpoint_stage(checkpoint: dict[str, Any], module_class: type, where
     if written_by is not None and written_by != expected:
         raise ValueError(f"{where}: the checkpoint was written by stage {written_by} (prismrl "
                          f"{record.get('version', '?')}); this run's model is {expected}: give a checkpoint of that stage")
+
+
+def frozen_pretrained_names(module: nn.Module, children: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """{state-dict key: source} of the frozen parameters of ``children`` of ``module`` that lie inside a transformers
+    model loaded from a name or folder (``config._name_or_path``), i.e. weights its constructor reloads as they were.
+
+    Random-init models (tiny configs) have no such source and are not listed: their weights stay in checkpoints.
+    """
+    from transformers import PreTrainedModel
+
+    names: dict[str, str] = {}
+    for child in children:
+        owner = getattr(module, child, None)
+        if owner is None:
+            continue
+        sources = {prefix: m.config._name_or_path for prefix, m in owner.named_modules()
+                   if isinstance(m, PreTrainedModel) and getattr(m.config, "_name_or_path", "")}
+        for name, parameter in owner.named_parameters(remove_duplicate=False):
+            source = next((s for prefix, s in sources.items() if name.startswith(f"{prefix}.") or not prefix), None)
+            if source is not None and not parameter.requires_grad:
+                names[f"{child}.{name}"] = source
+    return names
+
+
+def weights_checksum(tensors: list[Tensor]) -> list[float]:
+    """[sum, sum of absolute values] (float64) over ``tensors``: detects other weights, not float reordering."""
+    total = absolute = 0.0
+    for tensor in tensors:
+        values = tensor.detach().to("cpu", torch.float64)
+        total, absolute = total + float(values.sum()), absolute + float(values.abs().sum())
+    return [total, absolute]
+
+
+def check_checkpoint_world_size(checkpoint: dict[str, Any], world_size: int, where: str = "ckpt_path") -> None:
+    """ValueError naming both world sizes when ``checkpoint`` was written by a run of another number of processes.
+
+    Resuming under another world size cannot continue exactly: the dataloaders' saved positions and every rank's
+    RNG states belong to the old split of the data across ranks, and the run would silently train on other
+    batches. Checkpoints without the record (older ones, other programs) pass.
+    """
+    written = (checkpoint.get(CHECKPOINT_KEY) or {}).get("world_size")
+    if written is not None and int(written) != int(world_size):
+        raise ValueError(f"{where}: the checkpoint was written by a run of {written} processes (world size: "
+                         f"trainer.devices x trainer.num_nodes); this run has {world_size}, and resuming under another "
+                         f"world size would restore dataloader positions and per-rank RNG states of another data split. "
+                         f"Resume with {written} processes, or start a new run from its weights (load the state dict "
+                         f"instead of ckpt_path)")
 
 
 def built_from_config() -> bool:
@@ -69,13 +127,70 @@ def restore_pending_dataloader_states(trainer: Trainer) -> None:
         fit_loop._load_combined_loader_states()
 
 
+def with_sharding_argument(init: Callable) -> Callable:
+    """``init`` (a stage's ``__init__``) taking one more keyword-only argument, ``sharding: ShardingSettings``, set as
+    ``self.sharding`` after ``init`` ran (a mapping is read as ``ShardingSettings(**mapping)``). The argument joins
+    the signature, so every stage's YAML takes ``model.init_args.sharding`` without each stage declaring it.
+    An ``init`` that declares ``sharding`` itself is returned unchanged."""
+    signature = inspect.signature(init)
+    if "sharding" in signature.parameters:
+        return init
+    params = list(signature.parameters.values())
+    extra = inspect.Parameter("sharding", inspect.Parameter.KEYWORD_ONLY, default=ShardingSettings(),
+                              annotation=ShardingSettings)
+    params.insert(len(params) - int(bool(params) and params[-1].kind is inspect.Parameter.VAR_KEYWORD), extra)
+
+    extended = signature.replace(parameters=params)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, sharding: ShardingSettings | Mapping | None = None, **kwargs: Any) -> None:
+        if isinstance(sharding, Mapping):
+            sharding = ShardingSettings(**sharding)
+        if sharding is not None and not isinstance(sharding, ShardingSettings):
+            raise TypeError(f"sharding: expected a ShardingSettings or a mapping of its fields, received "
+                            f"{type(sharding).__name__}")
+        __init__.__signature__ = signature  # save_hyperparameters reads the arguments of init's own frame
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            __init__.__signature__ = extended
+        if sharding is not None:  # None: a subclass's __init__ calling this one sets it after
+            self.sharding = sharding
+            for hparams in (getattr(self, "_hparams", None), getattr(self, "_hparams_initial", None)):
+                if hparams is not None and "sharding" not in hparams:  # built in Python: reloads with it
+                    hparams["sharding"] = sharding
+
+    __init__.__signature__ = extended
+    return __init__
+
+
 class StageModule(LightningModule):
-    """A LightningModule with prismrl's shared plumbing; subclasses set ``self.optimizer_settings``."""
+    """A LightningModule with prismrl's shared plumbing; subclasses set ``self.optimizer_settings``.
+
+    Every subclass's ``__init__`` also takes ``sharding`` (``with_sharding_argument``): the FSDP2 wrap policy,
+    mixed precision, activation checkpointing and resharding that ``configure_model`` applies.
+    """
 
     optimizer_settings: OptimizerSettings
+    sharding: ShardingSettings = ShardingSettings()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = with_sharding_argument(cls.__dict__["__init__"])
+
+    def rebuilt_frozen_children(self) -> tuple[str, ...]:
+        """Children whose frozen pretrained weights checkpoints leave out (``frozen_pretrained_names``); none by
+        default: checkpoints hold every weight."""
+        return ()
 
     def on_train_start(self) -> None:
         restore_pending_dataloader_states(self.trainer)
+        if self.device_mesh is not None:  # FSDP2: sharded checkpoints need every parameter's optimizer state
+            from prismrl.backbones.sharding import fill_optimizer_states
+
+            for optimizer in self.trainer.optimizers:
+                fill_optimizer_states(optimizer)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2): shard each transformer block, then each child model
@@ -84,13 +199,13 @@ class StageModule(LightningModule):
         mesh = self.device_mesh
         if mesh is None:
             return
-        from prismrl.backbones.sharding import ShardingSettings, shard_stage
+        from prismrl.backbones.sharding import shard_stage
 
         if mesh.ndim > 1 and mesh["tensor_parallel"].size() > 1:
             raise ValueError(f"trainer.strategy: tensor_parallel_size must be 1 (prismrl shards with FSDP2 only), "
                              f"received {mesh['tensor_parallel'].size()}")
         dp_mesh = mesh["data_parallel"] if mesh.ndim > 1 else mesh
-        shard_stage(self, dp_mesh, getattr(self, "sharding", None) or ShardingSettings(), self.device,
+        shard_stage(self, dp_mesh, self.sharding, self.device,
                     skip=getattr(self, "unsharded_children", ()))
 
     def configure_callbacks(self) -> list:
@@ -100,10 +215,47 @@ class StageModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Subclasses that override this call ``super().on_save_checkpoint(checkpoint)``."""
         checkpoint[CHECKPOINT_KEY] = {"stage": stage_name(type(self)), "version": prismrl.__version__}
+        if self._trainer is not None:
+            checkpoint[CHECKPOINT_KEY]["world_size"] = self.trainer.world_size
+        children = self.rebuilt_frozen_children()
+        if not children or self._sharded():  # distributed checkpoints: their loader expects every key
+            return
+        frozen = frozen_pretrained_names(self, children)
+        state = checkpoint["state_dict"]
+        left_out = sorted(k for k in frozen if k in state)
+        checkpoint[CHECKPOINT_KEY]["frozen_weights"] = {
+            "children": list(children), "sources": sorted(set(frozen.values())), "count": len(left_out),
+            "checksum": weights_checksum([state[k] for k in left_out])}
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Subclasses that override this call ``super().on_load_checkpoint(checkpoint)`` first."""
         check_checkpoint_stage(checkpoint, type(self))
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # evaluating under another world size is fine
+            check_checkpoint_world_size(checkpoint, self.trainer.world_size)
+        record = (checkpoint.get(CHECKPOINT_KEY) or {}).get("frozen_weights")
+        if record:
+            self._refill_frozen_weights(checkpoint, record)
+
+    def _sharded(self) -> bool:
+        from prismrl.backbones.sharding import is_sharded
+
+        return is_sharded(self)
+
+    def _refill_frozen_weights(self, checkpoint: dict[str, Any], record: dict[str, Any]) -> None:
+        """Put this model's frozen pretrained weights into ``checkpoint["state_dict"]``, after checking they are the
+        ones the checkpoint was trained on."""
+        state, own = checkpoint["state_dict"], self.state_dict()
+        missing = sorted(k for k in frozen_pretrained_names(self, record["children"]) if k not in state and k in own)
+        found = weights_checksum([own[k] for k in missing]) if not self._sharded() else record["checksum"]
+        expected = record["checksum"]
+        if len(missing) != record["count"] or not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-3)
+                                                      for a, b in zip(found, expected)):
+            raise ValueError(f"ckpt_path: the checkpoint leaves out {record['count']} frozen pretrained weights of "
+                             f"{', '.join(record['children'])} (checksum {expected}) to be reloaded from "
+                             f"{', '.join(record['sources'])}; this model has {len(missing)} such weights (checksum "
+                             f"{found}), received other base weights: build the model from the same source")
+        state.update({k: own[k] for k in missing})
 
     def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if gradient_clip_val is None:

@@ -1,10 +1,11 @@
-"""Alignment (CLIP loss with the cross-rank feature gather) under FSDP2 on 2 CPU processes vs 1 process.
+"""Alignment (CLIP loss with the cross-rank feature gather) under DDP and FSDP2 on 2 CPU processes vs 1 process.
 
 One optimizer step per epoch covers the whole training split (719 pairs per rank, 1438 in the single process),
 so both runs see the same pairs at every step (the sampler's epoch order is shared; ranks take contiguous
 halves). Dropout is off (it would draw different masks per rank). The local-loss CLIP gradient averaged over
-ranks equals the full-batch gradient, so the consolidated weights of the sharded run (a full state dict written
-by rank 0: ``save_distributed_checkpoint: false``) match the single-process weights up to float rounding.
+ranks equals the full-batch gradient, so the weights of the DDP run and the consolidated weights of the sharded
+run (a full state dict written by rank 0: ``save_distributed_checkpoint: false``) match the single-process weights
+up to float rounding. The single-process run is shared by both tests.
 """
 
 from __future__ import annotations
@@ -25,10 +26,21 @@ FSDP2 = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", "
 CSV_LOGGER = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "version": "run"}}'
 
 
-def _run(workdir: Path, devices: int) -> dict[str, torch.Tensor]:
+STRATEGIES = {"ddp": "ddp", "fsdp2": FSDP2}
+_RUNS: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def _run(tmp: Path, strategy: str | None) -> dict[str, torch.Tensor]:
+    """Final weights of 1 process (strategy None) or 2 processes (cached per strategy)."""
+    key = strategy or "one"
+    if key not in _RUNS:
+        _RUNS[key] = _fit(tmp / key, 2 if strategy else 1, *(["--trainer.strategy", STRATEGIES[strategy]] if strategy else []))
+    return _RUNS[key]
+
+
+def _fit(workdir: Path, devices: int, *extra: str) -> dict[str, torch.Tensor]:
     fit(TINY, workdir, "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", str(STEPS), "--trainer.limit_val_batches", "0",
-        "--trainer.callbacks", "[]", "--trainer.logger", CSV_LOGGER, "--trainer.devices", str(devices),
-        *(["--trainer.strategy", FSDP2] if devices > 1 else []),
+        "--trainer.callbacks", "[]", "--trainer.logger", CSV_LOGGER, "--trainer.devices", str(devices), *extra,
         "--data.init_args.loader.batch_size", str(1438 // devices), "--model.init_args.text_dropout", "0.0",
         "--model.init_args.text_tower.init_args.encoder.init_args.tiny_config", BERT)
     checkpoints = sorted(workdir.glob("runs/**/*.ckpt"))
@@ -39,9 +51,11 @@ def _run(workdir: Path, devices: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fsdp2_two_ranks_match_one_process(tmp_path):
-    one, two = _run(tmp_path / "one", 1), _run(tmp_path / "fsdp2", 2)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_ranks_match_one_process(tmp_path_factory, strategy):
+    tmp = tmp_path_factory.mktemp("alignment")
+    one, two = _run(tmp, None), _run(tmp, strategy)
     assert one.keys() == two.keys()
     diff = max((one[k].float() - two[k].float()).abs().max().item() for k in one if one[k].is_floating_point())
-    print("alignment fsdp2: max |weight difference| after", STEPS, "steps:", diff)
+    print(f"alignment {strategy}: max |weight difference| after", STEPS, "steps:", diff)
     assert diff < 5e-4  # Adam turns rounding-level gradient differences of near-zero gradients into ~lr-sized steps
