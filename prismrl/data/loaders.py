@@ -33,10 +33,14 @@ from prismrl.choices import check_positive_int, checkpoint_safe
 class LoaderSettings:
     """How a DataModule loads batches, shared by every DataModule.
 
-    batch_size: samples per training batch (per rank); val_batch_size: samples per validation / test batch
-    (None = batch_size); num_workers: DataLoader worker processes (0 = load in the main process); pin_memory:
-    page-locked host batches for faster copies to a GPU. Workers are never persistent: the loaders hand each
-    epoch's number to fresh workers (sampler order, masking and request seeds depend on it).
+    Workers are never persistent: the loaders hand each epoch's number to fresh workers (sampler order, masking
+    and request seeds depend on it).
+
+    Args:
+        batch_size: samples per training batch (per rank).
+        val_batch_size: samples per validation / test / predict batch (None = batch_size).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        pin_memory: page-locked host batches, for faster copies to a GPU.
     """
 
     batch_size: int = 32

@@ -26,8 +26,22 @@ class ParquetQADataModule(LightningDataModule):
     """``ImageQABatch``es from train/val Parquet files with image (bytes), question and answer columns.
 
     Training uses ``ResumableDataLoader`` (row-group-local shuffling, exact mid-epoch resume, rank-aware);
-    validation is sequential and sharded by rank. ``question_type_column`` / ``label_column`` are read when set.
-    ``loader``: batch sizes, workers, pinned memory.
+    validation is sequential and sharded by rank.
+
+    Args:
+        train_path: the training Parquet file.
+        val_path: the validation Parquet file.
+        image_column: column of encoded image bytes (PNG / JPEG).
+        question_column: column of question strings.
+        answer_column: column of answer strings.
+        question_type_column: optional column of question types, for per-type metrics (None = not read).
+        label_column: optional int label column (None = not read).
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the training order (a fresh shuffle per epoch).
+        row_group_window: row groups mixed by the training shuffle (larger = better mixing, more memory).
     """
 
     def __init__(
@@ -98,6 +112,17 @@ class DigitQADataModule(DelegatingDataModule):
     ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetQADataModule`` over its files
     (question_type and label columns included, for per-type metrics). ``question_types`` is known right after
     ``__init__`` (the CLI links it to the model's ``question_types``).
+
+    Args:
+        root: cache folder of the built set (None = ``$PRISMRL_CACHE``).
+        question_types: the question types to ask (None = all built-in ones: digit, parity, size).
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the training order (a fresh shuffle per epoch).
+        val_fraction: share of the images held out for validation.
+        data_seed: the split and the questions drawn when the set is built.
     """
 
     def __init__(

@@ -15,11 +15,20 @@ FORMATS = ("parquet", "webdataset")
 class DigitsDataModule(DelegatingDataModule):
     """scikit-learn digits as captioned 32x32 grey images (see ``prismrl.data.digits``).
 
-    ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetDataModule``
-    (``format="parquet"``: image/caption/label columns) or a ``WebDataModule`` (``format="webdataset"``:
-    png/txt/json:label keys; ``samples_per_epoch`` defaults to the train split size).
+    ``prepare_data`` builds the cache once; ``setup`` delegates to a ``ParquetDataModule`` or a ``WebDataModule``.
     ``class_names`` and ``zero_shot_templates`` are available right after ``__init__`` (the CLI links them to the
-    model's arguments of the same names). ``loader``: batch sizes, workers, pinned memory.
+    model's arguments of the same names).
+
+    Args:
+        format: "parquet" (image/caption/label columns; exact mid-epoch resume) or "webdataset" (png/txt/json:label
+            members in tar shards).
+        root: cache folder of the built files (None = ``$PRISMRL_CACHE``).
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the training order (a fresh shuffle per epoch) and the validation hold-out.
+        samples_per_epoch: WebDataset only: training samples per epoch (None = the train split size).
     """
 
     def __init__(

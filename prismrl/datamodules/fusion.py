@@ -16,9 +16,22 @@ class FusionDigitsDataModule(DelegatingDataModule):
     ``prepare_data`` builds the cache once (degradation and hints set by the ``FusionDigitsConfig``
     fields); ``setup`` delegates to a ``ParquetDataModule`` over its train/val files (columns image,
     caption, label), so batches are ``ImageTextBatch``es and mid-epoch resume is exact.
-    ``logged_feedback=True`` also reads the logged_reward / logged_action columns (a uniform logging
-    policy's actions and their rewards) into ``batch.rewards`` / ``batch.actions``. ``loader``: batch sizes,
-    workers, pinned memory.
+
+    Args:
+        root: cache folder of the built files (None = ``$PRISMRL_CACHE``).
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the training order (a fresh shuffle per epoch).
+        noise_std: Gaussian noise added to the 8x8 images, in ink units (ink range 0..16).
+        occlusion_size: side of the wiped-out block, in 8x8 pixels (0 = none).
+        set_hint_probability: share of "one of a, b or c" hints; the rest are property hints (even, large, ...).
+        set_size: digits named by a set hint (1..10).
+        val_fraction: share of the images held out for validation.
+        data_seed: the degradation, the hints and the split drawn when the set is built.
+        logged_feedback: also read the logged_reward / logged_action columns (a uniform logging policy's actions
+            and their rewards) into ``batch.rewards`` / ``batch.actions``.
     """
 
     def __init__(

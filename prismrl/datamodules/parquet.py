@@ -166,10 +166,32 @@ class ParquetDataModule(LightningDataModule):
 
     Training uses ``ResumableDataLoader`` (exact mid-epoch resume; rank-aware via the trainer, so it
     works with or without ``use_distributed_sampler``); validation is sequential and sharded by rank like
-    ``DistributedSampler`` (padded by wrapping around). Without ``val_path``, a ``val_fraction`` of the
-    train file's rows (drawn with ``seed``) is held out. ``loader``: batch sizes, workers, pinned memory.
-    ``image_check_rows``: the images of each file's first rows decoded during ``setup`` (None = every row, 0 = none),
-    so an undecodable image fails before training, naming its row and column.
+    ``DistributedSampler`` (padded by wrapping around).
+
+    Args:
+        train_path: the training Parquet file.
+        val_path: the validation Parquet file (None = hold out ``val_fraction`` of the training rows).
+        val_fraction: share of the training rows held out for validation when there is no ``val_path``
+            (drawn with ``seed``).
+        image_column: column of encoded image bytes (PNG / JPEG / WebP); None when images come from
+            ``image_path_column``.
+        image_path_column: column of image file paths (relative to the Parquet file's folder), instead of bytes.
+        caption_column: column of caption strings.
+        label_column: int class label column (None = no labels; zero-shot metrics need it).
+        class_names: one name per label id, used by zero-shot prompts (None = the file's label_name column, if any).
+        audio_column: optional column of WAV bytes (null = no audio for that sample) for a third modality.
+        optional_captions: captions may be null; ``batch.caption_mask`` marks the present ones.
+        reward_column: optional float column of logged rewards (``batch.rewards``, actor-critic RL mode).
+        action_column: optional int column of logged actions (``batch.actions``).
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the training order (a fresh shuffle per epoch) and the validation hold-out.
+        drop_last: drop the last incomplete training batch.
+        row_group_window: row groups mixed by the training shuffle (larger = better mixing, more memory).
+        image_check_rows: the images of each file's first rows decoded during ``setup`` (None = every row,
+            0 = none), so an undecodable image fails before training, naming its row and column.
     """
 
     def __init__(

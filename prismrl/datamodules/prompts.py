@@ -129,12 +129,15 @@ class PromptDataModule(LightningDataModule):
         task: a name in ``prismrl.rewards.tasks.TASKS`` ("digit_vqa", "arithmetic"); not used when
             ``records_path`` is set.
         task_kwargs: keyword arguments of the task's builder (e.g. ``image_size``, ``num_examples``).
-        records_path / val_records_path: Parquet files with prompt, answer (, image) columns; without
-            ``val_records_path`` a ``val_fraction`` of ``records_path``'s rows (drawn with ``seed``) is held out.
+        records_path: a Parquet file with prompt, answer (and optional image) columns, instead of a task.
+        val_records_path: the validation Parquet file (None = hold out ``val_fraction`` of ``records_path``).
+        val_fraction: share of ``records_path``'s rows held out for validation without ``val_records_path``
+            (drawn with ``seed``).
         loader: prompts per training / validation batch (``loader.val_batch_size`` defaults to
             ``loader.batch_size``), workers, pinned memory.
         seed: the training order (a fresh permutation per epoch).
-        max_train_prompts / max_val_prompts: keep only the first k prompts of a split.
+        max_train_prompts: keep only the first k training prompts (None = all).
+        max_val_prompts: keep only the first k validation prompts (None = all).
     """
 
     def __init__(

@@ -125,10 +125,18 @@ class TextCorpusDataModule(LightningDataModule):
         corpus: a built-in corpus name (see ``prismrl.data.domain_corpus.CORPORA``); set it to null to use
             ``train_path`` / ``val_path`` instead (``.txt``: one text per line; ``.parquet``: ``text_column``).
         root: cache root for built-in corpora (default ``$PRISMRL_CACHE``).
-        passage_words, val_fraction: how the built-in corpus is cut and split.
+        train_path: your training texts (``.txt``: one text per line; ``.parquet``: ``text_column``), with
+            ``corpus: null``.
+        val_path: your validation texts (same formats).
+        text_column: the text column of Parquet files.
+        passage_words: words per passage the built-in corpus is cut into.
+        val_fraction: share of the built-in corpus's passages held out for validation.
         max_length: tokens per text after truncation (incl. special and domain tokens).
         loader: texts per training / validation batch, workers, pinned memory.
-        mlm_probability, mask_replace_prob, random_replace_prob: the 15% / 80-10-10 masking rule.
+        mlm_probability: share of tokens selected for prediction (15%).
+        mask_replace_prob: share of the selected tokens replaced by [MASK] (80%).
+        random_replace_prob: share of the selected tokens replaced by a random token (10%; the rest stay).
+        pad_to_multiple_of: pad each batch's length to a multiple of this (None = the longest text).
         seed: the data order and the masks.
     """
 

@@ -20,8 +20,22 @@ class TriModalDigitsDataModule(DigitsDataModule):
     ``audio_lengths`` (0 = no clip) and ``caption_mask`` (False = no caption).
 
     As ``DigitsDataModule`` (same loader arguments, class names and zero-shot templates), over the tri-modal
-    cache built by ``prepare_data`` (missing-modality rates, held-out validation voices and split set by the
-    ``TriModalDigitsConfig`` fields): ``format="parquet"`` (exact mid-epoch resume) or ``"webdataset"``.
+    cache built by ``prepare_data``.
+
+    Args:
+        format: "parquet" (exact mid-epoch resume) or "webdataset".
+        root: cache folder of the built files (None = ``$PRISMRL_CACHE``).
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the training order (a fresh shuffle per epoch).
+        samples_per_epoch: WebDataset only: training samples per epoch (None = the train split size).
+        missing_text_fraction: share of samples built without a caption.
+        missing_audio_fraction: share of samples built without a spoken clip.
+        val_voices: speakers whose clips only appear in validation (None = the built-in held-out voices).
+        val_fraction: share of the images held out for validation.
+        data_seed: the missing modalities and the split drawn when the set is built.
     """
 
     def __init__(

@@ -156,11 +156,23 @@ class SampleDecoder:
 class WebDataModule(LightningDataModule):
     """``ImageTextBatch`` batches from WebDataset shards (see the module docstring for the splitting).
 
-    ``caption_key`` / ``label_key`` name a file extension (``"txt"``) or a field of a JSON member
-    (``"json:label"``); ``audio_key`` names an optional WAV member (``"wav"``), and with
-    ``optional_captions`` samples may lack the caption member. ``samples_per_epoch`` is required for training: each
-    rank yields ``samples_per_epoch // (world_size * loader.batch_size)`` batches per epoch. ``loader``: batch
-    sizes, workers, pinned memory.
+    Args:
+        train_shards: training shards: a brace pattern (``data/train-{000..009}.tar``) or a list of them.
+        val_shards: validation shards, in the same forms (None = no validation).
+        image_keys: the image member's extensions, tried in order (``"jpg;png;jpeg;webp"``).
+        caption_key: the caption: a member extension (``"txt"``) or a field of a JSON member (``"json:caption"``).
+        label_key: the int label, in the same forms (``"json:label"``; None = no labels).
+        class_names: one name per label id, used by zero-shot prompts (None = none).
+        audio_key: an optional WAV member (``"wav"``) for a third modality.
+        optional_captions: samples may lack the caption member; ``batch.caption_mask`` marks the present ones.
+        loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
+        shuffle_buffer: samples in the training shuffle buffer.
+        samples_per_epoch: required for training: each rank yields
+            ``samples_per_epoch // (world_size * loader.batch_size)`` batches per epoch.
+        image_size: side of the square images fed to the model, in pixels.
+        image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
+        image_std: per-channel standard deviation divided by after the mean (ImageNet's by default).
+        seed: the shard order and the shuffle buffer.
     """
 
     def __init__(

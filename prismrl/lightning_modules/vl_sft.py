@@ -10,6 +10,9 @@ checkpoint (``alignment_checkpoint``) and is frozen by default.
 
 Validation reports the loss, token accuracy (teacher-forced argmax on answer tokens), and exact-match accuracy of
 the greedy ``generate`` answers (whitespace, case and a trailing full stop ignored), overall and per question type.
+
+Checkpoints leave out the frozen pretrained weights (a LoRA decoder's base LM, a frozen pretrained vision encoder):
+they are reloaded from their source when the module is built (``StageModule.rebuilt_frozen_children``).
 """
 
 from __future__ import annotations
@@ -60,8 +63,12 @@ class VisionLanguageSFTModule(StageModule):
             (shapes must match; ValueError otherwise).
         freeze_vision: keep the vision encoder frozen (eval mode).
         use_aligned_embedding: give the resampler the tower's aligned embedding as one more token.
-        num_latents, resampler_dim, resampler_depth, resampler_heads, resampler_head_dim, projector_hidden_dim:
-            the ``VisualPrefix`` (prefix length = num_latents).
+        num_latents: learned latent queries of the Perceiver resampler (= the visual prefix length).
+        resampler_dim: width of the resampler (None = the vision encoder's hidden size).
+        resampler_depth: resampler layers (cross-attention + feed-forward).
+        resampler_heads: attention heads of the resampler.
+        resampler_head_dim: width of each resampler attention head.
+        projector_hidden_dim: hidden width of the 2-layer MLP projector into the decoder (None = the decoder's).
         text_dropout: probability of dropping each question word in training.
         max_new_tokens: generation budget in validation (None = the decoder's default).
         question_types: per-type exact-match metrics (``prismrl fit`` links the datamodule's ``question_types``
@@ -182,6 +189,9 @@ class VisionLanguageSFTModule(StageModule):
         return self.generate(batch.pixel_values, batch.questions)
 
     # ----- optimization -----
+    def rebuilt_frozen_children(self) -> tuple[str, ...]:
+        return ("visual", "decoder")
+
     def configure_optimizers(self):
         """AdamW over three groups (each split into decayed / undecayed): resampler + projector at ``optimizer.lr``,
         decoder at ``decoder_lr`` (default ``optimizer.lr``), vision encoder at ``optimizer.encoder_lr``."""

