@@ -16,7 +16,6 @@ STAGES = sorted(lightning_modules._LAZY)
 # Settings classes whose fields are not described yet: (stage, argument prefix). Remove an entry once described.
 NOT_YET_DESCRIBED = {
     "GRPOModule",  # its own arguments
-    "policy.",  # PolicySettings (prismrl.policy.build)
 }
 
 

@@ -21,12 +21,17 @@ BIAS_MODES = ("none", "all", "lora_only")
 @checkpoint_safe
 @dataclass
 class LoraSettings:
-    """LoRA hyper-parameters.
+    """LoRA hyper-parameters: W x + (alpha / r) B A x with A [r, in], B [out, r], B zero at the start.
 
-    target_modules: "all-linear" (every nn.Linear except output heads and the projections that
-    nn.MultiheadAttention uses internally), a regex matched against full module names, or a list
-    of module-name suffixes.
-    modules_to_save: modules trained in full and saved beside the adapters.
+    Args:
+        r: the adapters' rank.
+        alpha: the scale numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapters' input, in [0, 1).
+        target_modules: "all-linear" (every nn.Linear except output heads and the projections that
+            nn.MultiheadAttention uses internally), a regex matched against full module names, or a list of
+            module-name suffixes.
+        bias: which biases train: "none", "all" or "lora_only".
+        modules_to_save: modules trained in full and saved beside the adapters.
     """
 
     r: int = 8

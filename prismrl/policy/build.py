@@ -51,18 +51,23 @@ def language_model_linear_names(model: nn.Module, include_vision: bool = False) 
 @checkpoint_safe
 @dataclass(frozen=True)
 class PolicySettings:
-    """The (vision-)language policy of an RL stage (YAML: ``model.init_args.policy``).
+    """The (vision-)language policy of an RL stage (YAML: ``model.init_args.policy``). Exactly one of
+    model_name_or_path, tiny_config and vl_sft_checkpoint names the model.
 
-    model_name_or_path (an HF id, a folder or ``shipped:smollm2-135m-instruct``) or tiny_config (a random-init
-    config of a real transformers class: ``{model_type: qwen2_vl, ...}``), exactly one; torch_dtype: "float32" /
-    "bfloat16" / "float16" / None (the checkpoint's); attn_implementation: "sdpa" / "eager" /
-    "flash_attention_2" (falls back to sdpa without flash-attn); quantization: "4bit" / "8bit" base weights
-    (needs lora: QLoRA); lora: adapters on the language model's linear layers (None = full fine-tuning);
-    lora_on_vision: adapt the vision tower too; train_vision: without LoRA, train the vision tower as well;
-    gradient_checkpointing: recompute activations in backward (non-reentrant).
-    vl_sft_checkpoint: instead of the two above, a VisionLanguageSFTModule checkpoint (prismrl's own visual-prefix
-    LM, ``prismrl.policy.visual_prefix_policy``: its SFT LoRA merged, ``lora`` = the RL LoRA);
-    train_visual_prefix: with it, train the resampler and projector too (the vision encoder stays frozen).
+    Args:
+        model_name_or_path: an HF id, a folder or ``shipped:smollm2-135m-instruct``.
+        tiny_config: a random-init config of a real transformers class (``{model_type: qwen2_vl, ...}``).
+        torch_dtype: "float32", "bfloat16", "float16" or None (the checkpoint's).
+        attn_implementation: "sdpa", "eager" or "flash_attention_2" (falls back to sdpa without flash-attn).
+        quantization: "8bit" (CPU or GPU) or "4bit" (CUDA only) base weights; needs lora (QLoRA).
+        lora: adapters on the language model's linear layers (None = full fine-tuning).
+        lora_on_vision: adapt the vision tower too.
+        train_vision: without LoRA, train the vision tower as well.
+        gradient_checkpointing: recompute activations in backward (non-reentrant).
+        vl_sft_checkpoint: a VisionLanguageSFTModule checkpoint: prismrl's own visual-prefix LM
+            (``prismrl.policy.visual_prefix_policy``), its SFT LoRA merged; ``lora`` is then the RL LoRA.
+        train_visual_prefix: with vl_sft_checkpoint, train the resampler and projector too (the vision encoder
+            stays frozen).
     """
 
     model_name_or_path: str | None = None
