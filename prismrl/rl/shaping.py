@@ -10,10 +10,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from prismrl.choices import check_positive_int
+from prismrl.choices import check_positive_float, check_positive_int, checkpoint_safe
+
+
+@checkpoint_safe
+@dataclass(frozen=True)
+class OverlongSettings:
+    """DAPO's overlong handling (YAML ``overlong: {buffer: 4, penalty: 1.0, filter: true}``).
+
+    buffer: L_cache tokens before the length budget (``sampling.max_new_tokens``) over which the reward falls by
+    up to ``penalty`` (``overlong_penalty``; None = no shaping); filter: truncated completions (no EOS) leave the loss.
+    """
+
+    buffer: int | None = None
+    penalty: float = 1.0
+    filter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.buffer is not None:
+            check_positive_int("overlong.buffer", self.buffer)
+        check_positive_float("overlong.penalty", self.penalty, allow_zero=True)
+        if not isinstance(self.filter, bool):
+            raise TypeError(f"overlong.filter: expected a bool, received {self.filter!r}")
+
+
+@checkpoint_safe
+@dataclass(frozen=True)
+class DynamicSamplingSettings:
+    """DAPO's dynamic sampling (YAML ``dynamic_sampling: {max_rounds: 3}``): groups whose G rewards are all equal are
+    sampled again, up to ``max_rounds`` rollout rounds per step (the first included), until ``min_groups`` groups per
+    rank are informative (None = every group of the batch); groups still uninformative then leave the loss."""
+
+    max_rounds: int = 3
+    min_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("dynamic_sampling.max_rounds", self.max_rounds)
+        if self.min_groups is not None:
+            check_positive_int("dynamic_sampling.min_groups", self.min_groups)
 
 
 def overlong_penalty(lengths: Tensor, max_length: int, buffer: int) -> Tensor:
@@ -42,3 +82,21 @@ def informative_groups(rewards: Tensor, group_size: int) -> Tensor:
         raise ValueError(f"rewards: expected shape (B * {group_size},), received {tuple(rewards.shape)}")
     grouped = rewards.reshape(-1, group_size)  # [B, G]
     return grouped.amax(dim=1) != grouped.amin(dim=1)
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """``flag`` or-ed over every rank (one all-reduce when torch.distributed is up), the same answer on each rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def groups_to_resample(informative: Tensor, min_groups: int | None) -> Tensor:
+    """[K] long: the uninformative groups of ``informative`` [B] bool to sample again, none once ``min_groups``
+    (None = all B) groups are informative."""
+    wanted = informative.numel() if min_groups is None else min(min_groups, informative.numel())
+    if int(informative.sum()) >= wanted:
+        return torch.zeros(0, dtype=torch.long)
+    return (~informative).nonzero().flatten()

@@ -30,3 +30,30 @@ def test_informative_groups():
     assert informative_groups(rewards, 2).tolist() == [False, True, False]
     with pytest.raises(ValueError, match="rewards: expected shape"):
         informative_groups(rewards, 4)
+
+
+def test_dapo_settings_check_their_fields():
+    from prismrl.rl.shaping import DynamicSamplingSettings, OverlongSettings
+
+    assert OverlongSettings() == OverlongSettings(buffer=None, penalty=1.0, filter=False)
+    with pytest.raises(ValueError, match="overlong.buffer: expected an int >= 1, received 0"):
+        OverlongSettings(buffer=0)
+    with pytest.raises(ValueError, match="overlong.penalty: expected a finite float >= 0"):
+        OverlongSettings(buffer=4, penalty=-1.0)
+    with pytest.raises(TypeError, match="overlong.filter: expected a bool, received 'yes'"):
+        OverlongSettings(filter="yes")
+    with pytest.raises(ValueError, match="dynamic_sampling.max_rounds: expected an int >= 1, received 0"):
+        DynamicSamplingSettings(max_rounds=0)
+    with pytest.raises(ValueError, match="dynamic_sampling.min_groups"):
+        DynamicSamplingSettings(min_groups=0)
+
+
+def test_groups_to_resample_and_any_rank():
+    from prismrl.rl.shaping import any_rank, groups_to_resample
+
+    informative = torch.tensor([True, False, True, False])
+    assert groups_to_resample(informative, None).tolist() == [1, 3]  # every group wanted
+    assert groups_to_resample(informative, 3).tolist() == [1, 3]
+    assert groups_to_resample(informative, 2).tolist() == []  # enough informative groups
+    assert groups_to_resample(informative, 9).tolist() == [1, 3]  # capped at the batch
+    assert any_rank(True) and not any_rank(False)  # one process: the flag itself

@@ -1,0 +1,176 @@
+"""Environments for multi-turn episodes, and a calculator tool built on a safe arithmetic evaluator.
+
+An environment plays one episode with the policy (one instance per episode; the rollout deep-copies a template):
+
+    first_prompt = env.reset(record)                       the first user turn
+    observation, reward, done = env.step(assistant_text)   after every assistant turn
+        observation: the next user (tool) turn, or None when the episode is over
+        reward: this turn's reward; the episode's reward is the sum over its turns
+
+``max_turns`` bounds the assistant turns: on its last turn an environment must end the episode. The rollout
+(``prismrl.policy.multi_turn``) renders observations as user turns of the chat template and masks their tokens out
+of the loss, so the policy learns from its own tokens only.
+
+``CalculatorEnvironment``: the model may write ``<calc>12*7</calc>``; the environment evaluates the expression with
+``safe_arithmetic`` (an AST walk over a whitelist of number literals and + - * / // % ** and unary +/-; no names,
+calls, attributes or ``eval``) and answers with ``<result>84</result>``, or ``<result>error: ...</result>`` for a
+rejected expression. A turn without a tool call, or the last allowed turn, is the final answer, scored 1 when its
+last number equals the record's answer (``NumericMatchReward``), else 0.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+import operator
+import re
+from typing import Any, Protocol, runtime_checkable
+
+from prismrl.choices import check_positive_int
+from prismrl.data.records import PromptRecord
+from prismrl.rewards.functions import NumericMatchReward, import_callable
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """A multi-turn episode (see the module docstring)."""
+
+    max_turns: int
+
+    def reset(self, record: PromptRecord) -> str:
+        """Start an episode on ``record``; returns the first user turn."""
+
+    def step(self, completion: str) -> tuple[str | None, float, bool]:
+        """The assistant's turn -> (next user turn or None, this turn's reward, done)."""
+
+
+def build_environment(value: Any, field: str = "environment") -> Environment | None:
+    """None, an ``Environment`` instance, or a ``{class_path, init_args}`` config (a dict, or the namespace the CLI
+    passes on when it could not instantiate it, so the class's own error is the one the user reads)."""
+    if value is None:
+        return None
+    class_path = value.get("class_path") if isinstance(value, dict) else getattr(value, "class_path", None)
+    if isinstance(class_path, str):
+        init_args = value.get("init_args") if isinstance(value, dict) else getattr(value, "init_args", None)
+        kwargs = dict(vars(init_args) if hasattr(init_args, "__dict__") else (init_args or {}))
+        value = import_callable(class_path, f"{field}.class_path")(**kwargs)
+    if not isinstance(value, Environment):
+        raise TypeError(f"{field}: expected an object with max_turns, reset(record) and step(completion), "
+                        f"received {type(value).__name__}")
+    check_positive_int(f"{field}.max_turns", value.max_turns)
+    return value
+
+
+def new_episodes(template: Environment, count: int) -> list[Environment]:
+    """``count`` independent copies of ``template`` (one per episode)."""
+    return [copy.deepcopy(template) for _ in range(count)]
+
+
+class CalculatorError(ValueError):
+    """An expression the calculator refuses or cannot evaluate."""
+
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+MAX_EXPRESSION_CHARS = 200
+MAX_EXPONENT = 64
+MAX_MAGNITUDE = 1e15
+
+
+def safe_arithmetic(expression: str) -> float:
+    """The value of an arithmetic expression; CalculatorError naming what was refused otherwise.
+
+    Allowed: int/float literals, + - * / // % **, unary + -, parentheses. Exponents are limited to
+    ``MAX_EXPONENT`` and every intermediate value to ``MAX_MAGNITUDE`` in absolute value.
+    """
+    if not isinstance(expression, str):
+        raise CalculatorError(f"expected an expression string, received {type(expression).__name__}")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise CalculatorError(f"expected at most {MAX_EXPRESSION_CHARS} characters, received {len(expression)}")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        raise CalculatorError(f"not an arithmetic expression: {expression.strip()!r}") from None
+    return _evaluate(tree.body)
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return _bounded(node.value)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_evaluate(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+            raise CalculatorError(f"exponent: expected at most {MAX_EXPONENT} in absolute value, received {right}")
+        if right == 0 and isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) or \
+                isinstance(node.op, ast.Pow) and left == 0 and right < 0:
+            raise CalculatorError("division by zero")
+        try:
+            value = _BINARY[type(node.op)](left, right)
+        except (OverflowError, ZeroDivisionError, ValueError) as err:
+            raise CalculatorError(str(err)) from None
+        if isinstance(value, complex):
+            raise CalculatorError("the result is not a real number")
+        return _bounded(value)
+    raise CalculatorError(f"only numbers and + - * / // % ** are allowed, received {type(node).__name__} "
+                          f"({ast.unparse(node)!r:.40})")
+
+
+def _bounded(value: float) -> float:
+    if isinstance(value, float) and not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+        raise CalculatorError(f"values must stay within {MAX_MAGNITUDE:g} in absolute value, received {value:.6g}")
+    return value
+
+
+def format_number(value: float) -> str:
+    """Integers (and integral floats) without a decimal point, other floats to 10 significant digits."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.10g}"
+
+
+CALC_PATTERN = re.compile(r"<calc>(.*?)</calc>", re.DOTALL)
+CALCULATOR_INSTRUCTIONS = ("You have a calculator: write <calc>expression</calc> (for example <calc>12*7</calc>) and "
+                           "its result comes back as <result>84</result>. When you know the answer, reply with the "
+                           "number only.")
+
+
+class CalculatorEnvironment:
+    """The calculator tool over a prompt task with numeric answers (see the module docstring).
+
+    Args:
+        max_turns: assistant turns per episode (>= 1); the last one is always scored as the final answer.
+        instructions: text put before the record's prompt in the first user turn (None = the prompt alone).
+        tool_reward: reward of a turn whose tool call evaluated (0 by default; the answer carries the reward).
+    """
+
+    def __init__(self, max_turns: int = 3, instructions: str | None = CALCULATOR_INSTRUCTIONS,
+                 tool_reward: float = 0.0) -> None:
+        self.max_turns = check_positive_int("max_turns", max_turns)
+        self.instructions, self.tool_reward = instructions, float(tool_reward)
+        self.scorer = NumericMatchReward(name="correct")
+        self.record: PromptRecord | None = None
+        self.turn = 0
+
+    def reset(self, record: PromptRecord) -> str:
+        if not isinstance(record, PromptRecord) or record.answer is None:
+            raise ValueError(f"record: expected a PromptRecord with an answer, received {record!r:.80}")
+        self.record, self.turn = record, 0
+        return record.prompt if self.instructions is None else f"{self.instructions}\n\n{record.prompt}"
+
+    def step(self, completion: str) -> tuple[str | None, float, bool]:
+        if self.record is None:
+            raise RuntimeError("CalculatorEnvironment.step: call reset(record) first")
+        self.turn += 1
+        call = CALC_PATTERN.search(completion)
+        if call is not None and self.turn < self.max_turns:
+            try:
+                result, reward = format_number(safe_arithmetic(call.group(1))), self.tool_reward
+            except CalculatorError as err:
+                result, reward = f"error: {err}", 0.0
+            return f"<result>{result}</result>", reward, False
+        answer = CALC_PATTERN.sub("", completion)
+        return None, float(self.scorer([answer], [self.record])[0]), True

@@ -1,0 +1,95 @@
+"""The calculator's safe evaluator and environment, and building environments from YAML values."""
+
+import pytest
+
+from prismrl.data.records import PromptRecord
+from prismrl.rewards.environments import (
+    CalculatorEnvironment,
+    CalculatorError,
+    Environment,
+    build_environment,
+    format_number,
+    safe_arithmetic,
+)
+
+
+@pytest.mark.parametrize("expression,value", [
+    ("12*7", 84), (" 2 + 3 * 4 ", 14), ("(2 + 3) * 4", 20), ("-5 + +2", -3), ("7 / 2", 3.5), ("7 // 2", 3),
+    ("7 % 3", 1), ("2 ** 10", 1024), ("1.5 * 4", 6.0), ("2 ** -1", 0.5),
+])
+def test_valid_expressions(expression, value):
+    assert safe_arithmetic(expression) == value
+
+
+@pytest.mark.parametrize("expression,match", [
+    ("__import__('os').system('touch /tmp/pwned')", "only numbers"),
+    ("os.system('ls')", "only numbers"),
+    ("(1).__class__", "only numbers"),
+    ("x + 1", "only numbers"),
+    ("[1, 2]", "only numbers"),
+    ("'a' * 3", "only numbers"),
+    ("True + 1", "only numbers"),
+    ("lambda: 1", "only numbers"),
+    ("1 if 1 else 2", "only numbers"),
+    ("9 ** 9 ** 9", "exponent: expected at most 64"),
+    ("10 ** 20", "values must stay within"),
+    ("1e308 * 10", "values must stay within"),
+    ("(-8) ** 0.5", "not a real number"),
+    ("1 +", "not an arithmetic expression"),
+    ("1" * 201, "at most 200 characters"),
+])
+def test_malicious_or_bad_input_is_refused(expression, match):
+    with pytest.raises(CalculatorError, match=match):
+        safe_arithmetic(expression)
+
+
+@pytest.mark.parametrize("expression", ["1 / 0", "1 // 0", "5 % 0", "1 / (2 - 2)", "0 ** -1"])
+def test_division_by_zero(expression):
+    with pytest.raises(CalculatorError, match="division by zero|zero"):
+        safe_arithmetic(expression)
+
+
+def test_format_number():
+    assert [format_number(v) for v in (84, 6.0, 3.5, 1 / 3)] == ["84", "6", "3.5", "0.3333333333"]
+
+
+def test_calculator_episode_tool_turn_then_answer():
+    env = CalculatorEnvironment(max_turns=3)
+    assert isinstance(env, Environment)
+    record = PromptRecord("What is 12 * 7?", answer="84")
+    first = env.reset(record)
+    assert first.endswith("What is 12 * 7?") and "<calc>" in first
+    assert env.step("Let me compute <calc>12*7</calc>") == ("<result>84</result>", 0.0, False)
+    assert env.step("The answer is 84.") == (None, 1.0, True)
+    env.reset(record)
+    assert env.step("83") == (None, 0.0, True)  # a turn without a tool call is the final answer
+
+
+def test_calculator_errors_are_observations_with_zero_reward():
+    env = CalculatorEnvironment(max_turns=3, tool_reward=0.1)
+    env.reset(PromptRecord("What is 1 + 1?", answer="2"))
+    observation, reward, done = env.step("<calc>__import__('os').getcwd()</calc>")
+    assert observation.startswith("<result>error: only numbers") and reward == 0.0 and not done
+    assert env.step("<calc>1/0</calc>") == ("<result>error: division by zero</result>", 0.0, False)
+
+
+def test_the_last_turn_is_scored_even_with_a_tool_call():
+    env = CalculatorEnvironment(max_turns=2, tool_reward=0.25)
+    env.reset(PromptRecord("What is 1 + 1?", answer="2"))
+    assert env.step("<calc>1+1</calc>") == ("<result>2</result>", 0.25, False)
+    assert env.step("<calc>1+1</calc> so 2") == (None, 1.0, True)  # tags are removed before scoring
+
+
+def test_build_environment_and_bad_values():
+    assert build_environment(None) is None
+    env = build_environment({"class_path": "prismrl.rewards.environments.CalculatorEnvironment",
+                             "init_args": {"max_turns": 2}})
+    assert isinstance(env, CalculatorEnvironment) and env.max_turns == 2
+    with pytest.raises(TypeError, match="environment: expected an object with max_turns, reset"):
+        build_environment(object())
+    with pytest.raises(ValueError, match="max_turns: expected an int >= 1, received 0"):
+        CalculatorEnvironment(max_turns=0)
+    with pytest.raises(ValueError, match="record: expected a PromptRecord with an answer"):
+        CalculatorEnvironment().reset(PromptRecord("What is 1 + 1?"))
+    with pytest.raises(RuntimeError, match="call reset"):
+        CalculatorEnvironment().step("1")
