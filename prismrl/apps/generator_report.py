@@ -8,6 +8,11 @@ From a ``GeneratorPPOModule`` checkpoint (written by ``prismrl fit``), for each 
 N labelled examples are sampled (classes alternating, fresh in-context draws never used in training), parsed,
 and a classifier (the stage's classifier, reset to its starting weights) is trained on the parseable ones with
 the stage's settings and evaluated on the golden **test** split (never seen by the reward, which uses val).
+Each source also gets data statistics of its parseable examples: ``class_balance`` (normalized entropy of the
+class counts, 1 = even), ``duplicate_rate`` (texts equal to a golden text or an earlier one, compared on their
+case-folded words; the golden row counts repeats within its draw only), text lengths in words and characters, and
+a ``quality_score`` in [0, 1] (``prismrl.apps.generate.quality_score``: the mean of golden accuracy,
+(1 + silhouette) / 2, 1 - parse failure rate, 1 - duplicate rate and class balance).
 A ``golden`` row trains the same classifier on N real golden train examples as a reference point. Each seed
 draws a new set of N samples per generator; the table gives mean and standard deviation over the seeds. Written
 to ``--out``: ``report.md`` (table, parse statistics, sample outputs of the first seed), ``metrics.csv`` (one row
@@ -29,7 +34,8 @@ import torch
 from prismrl.checkpoints import load_checkpoint
 from prismrl.evaluation.synthetic_quality import class_distances
 
-METRICS = ("golden_accuracy", "golden_loss", "inter", "intra", "silhouette", "parse_failure_rate", "num_valid")
+METRICS = ("quality_score", "golden_accuracy", "golden_loss", "inter", "intra", "silhouette", "parse_failure_rate",
+           "num_valid", "class_balance", "duplicate_rate", "length_words_mean", "length_words_std", "length_chars_mean")
 EVAL_REQUEST_OFFSET = 10_000_000  # in-context draws of the report start here, far from any training request id
 
 
@@ -61,14 +67,30 @@ def sample_generator(module, num_samples: int, batch_size: int, baseline: bool, 
     return rows
 
 
-def score_examples(module, test_set, texts: list[str], labels: list[int], failures: float) -> dict[str, Any]:
-    """Train the reset classifier on (texts, labels); golden test metrics, distances, silhouette, embeddings."""
+def data_statistics(texts: list[str], labels: list[int], num_classes: int,
+                    golden_texts: Sequence[str] = ()) -> dict[str, Any]:
+    """Class counts and balance, duplicate rate (vs ``golden_texts`` and within), word / character lengths."""
+    from prismrl.apps.generate import class_balance, duplicate_sources, length_stats
+
+    counts = [labels.count(c) for c in range(num_classes)]
+    duplicates = duplicate_sources(texts, golden_texts)
+    words, chars = length_stats([len(t.split()) for t in texts]), length_stats([len(t) for t in texts])
+    return {"class_counts": counts, "class_balance": class_balance(counts),
+            "duplicate_rate": sum(bool(d) for d in duplicates) / len(texts) if texts else float("nan"),
+            "length_words_mean": words["mean"], "length_words_std": words["std"], "length_chars_mean": chars["mean"]}
+
+
+def score_examples(module, test_set, texts: list[str], labels: list[int], failures: float,
+                   golden_texts: Sequence[str] = ()) -> dict[str, Any]:
+    """Train the reset classifier on (texts, labels); golden test metrics, distances, silhouette, embeddings, data
+    statistics (duplicates against ``golden_texts``) and the quality score."""
+    from prismrl.apps.generate import quality_score
     from prismrl.rewards.classifier import ClassifierReward
 
     hp = module.hparams
     judge = ClassifierReward(module.classifier, test_set.texts, test_set.labels, module.reward_weights,
                              hp.classifier_steps, hp.classifier_lr, hp.classifier_batch_size, hp.distance_metric,
-                             initial_state=module.classifier_start)
+                             initial_state=module.classifier_start, training=hp.get("classifier_training"))
     labels_t = torch.tensor(labels, dtype=torch.long)
     judge.fit(texts, labels_t)
     loss, accuracy = judge.evaluate()
@@ -80,6 +102,9 @@ def score_examples(module, test_set, texts: list[str], labels: list[int], failur
         dist = class_distances(embeddings, labels_t, hp.distance_metric)
         out.update(inter=dist.inter, intra=dist.intra, silhouette=dist.silhouette, embeddings=embeddings)
     judge.reset()
+    out.update(data_statistics(texts, labels, len(module.label_names), golden_texts))
+    out["quality_score"] = quality_score(accuracy, out["silhouette"], failures, out["duplicate_rate"],
+                                         out["class_balance"])
     return out
 
 
@@ -102,7 +127,8 @@ def _plots(summary: dict[str, dict[str, tuple[float, float]]], first: dict[str, 
     from prismrl.evaluation.plotting import new_figure, save_png_atomic
 
     names = list(summary)
-    shown = ("golden_accuracy", "golden_loss", "inter", "intra", "silhouette", "parse_failure_rate")
+    shown = ("quality_score", "golden_accuracy", "golden_loss", "silhouette", "parse_failure_rate", "class_balance",
+             "length_words_mean")
     fig, axes = new_figure(ncols=len(shown), panel_size=(2.6, 3.0))
     for ax, metric in zip(axes, shown):
         ax.bar(names, [summary[n][metric][0] for n in names], yerr=[summary[n][metric][1] for n in names], capsize=3,
@@ -151,7 +177,18 @@ def write_report(per_seed: list[dict[str, dict[str, Any]]], seeds: Sequence[int]
               for name, row in summary.items()]
     lines += ["", "golden_accuracy / golden_loss: a classifier trained on the source's examples, evaluated on the golden "
               "test split. inter / intra: mean distance between / within classes of the examples in the classifier's "
-              "embedding space; silhouette in [-1, 1].", "", "![metrics](metrics.png)", "", "![embeddings](embeddings.png)"]
+              "embedding space; silhouette in [-1, 1]. quality_score: mean of golden_accuracy, (1 + silhouette) / 2, "
+              "1 - parse_failure_rate, 1 - duplicate_rate and class_balance (normalized entropy of the class counts of "
+              "the parseable examples, 1 = even). duplicate_rate: share of texts equal to a golden text or an earlier "
+              "one (case-folded words); the golden row counts repeats within its draw only.", ""]
+    lines += [f"Class balance (parseable examples per class, seed {seeds[0]}):", "",
+              "| source | " + " | ".join(label_names) + " | balance |", "|---" * (len(label_names) + 2) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(n) for n in row["class_counts"]) + f" | {row['class_balance']:.4f} |"
+              for name, row in per_seed[0].items()]
+    lines += ["", "Text length (parseable examples, words): mean ± std over seeds of each draw's mean: "
+              + ", ".join(f"{name} {row['length_words_mean'][0]:.1f} ± {row['length_words_mean'][1]:.1f}"
+                          for name, row in summary.items()),
+              "", "![metrics](metrics.png)", "", "![embeddings](embeddings.png)"]
     for name, rows in samples.items():
         counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
         lines += ["", f"## Samples: {name} (seed {seeds[0]})", "", f"parse statuses: {counts}", ""]
@@ -174,6 +211,7 @@ def build_report(checkpoint: str | Path, out: str | Path, num_samples: int = 64,
     train = data.train_set
     per_class = [[i for i, y in enumerate(train.labels) if y == c] for c in range(train.num_classes)]
     per_seed, samples = [], {}
+    golden_texts = [*train.texts, *data.val_set.texts, *data.test_set.texts]
     for seed in seeds:
         results = {}
         for name, baseline in (("baseline", True), ("trained", False)):
@@ -181,13 +219,13 @@ def build_report(checkpoint: str | Path, out: str | Path, num_samples: int = 64,
             valid = [r for r in rows if r["status"] == "ok"]
             samples.setdefault(name, rows)
             results[name] = score_examples(module, data.test_set, [r["text"] for r in valid],
-                                           [r["label"] for r in valid], 1.0 - len(valid) / len(rows))
+                                           [r["label"] for r in valid], 1.0 - len(valid) / len(rows), golden_texts)
         generator = torch.Generator().manual_seed(seed)  # a seeded draw of N real examples, classes alternating
         shuffled = [[members[j] for j in torch.randperm(len(members), generator=generator).tolist()] for members in per_class]
         classes = train.num_classes
         picked = [shuffled[i % classes][(i // classes) % len(shuffled[i % classes])] for i in range(num_samples)]
         results["golden"] = score_examples(module, data.test_set, [train.texts[i] for i in picked],
-                                           [train.labels[i] for i in picked], 0.0)
+                                           [train.labels[i] for i in picked], 0.0)  # repeats within the draw only
         per_seed.append(results)
     header = {"checkpoint": str(checkpoint), "samples per generator and seed (N)": num_samples,
               "golden test examples": len(data.test_set), "classifier training steps": module.hparams.classifier_steps,

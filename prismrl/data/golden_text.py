@@ -7,15 +7,18 @@ Built-in sets (``GOLDEN_SETS``) are real text that an installed package ships, s
   needs ``pip install gensim`` (the file is read directly, gensim is never imported).
 
 Any file in the same fastText format (one ``__label__<name> <text>`` per line) loads with
-``read_labelled_lines``. ``split_golden`` makes a deterministic stratified train / val / test split:
+``read_labelled_lines``; a CSV or Parquet table with a text and a label column (names configurable) with
+``read_labelled_table``; ``load_golden_file`` picks the reader by the file's suffix. ``split_golden`` makes a deterministic stratified train / val / test split:
 train feeds the in-context examples, val the reward's golden loss, test the final report.
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +88,73 @@ def read_labelled_lines(lines: Sequence[str], display_names: dict[str, str] | No
     index = {name: i for i, name in enumerate(raw_names)}
     names = [(display_names or {}).get(name, name) for name in raw_names]
     return GoldenTextSet([t for _, t in pairs], [index[n] for n, _ in pairs], names)
+
+
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _read_columns(path: Path, columns: Sequence[str], field: str) -> dict[str, list[Any]]:
+    """The named columns of a CSV (header row) or Parquet file; ValueError naming a missing column and those found."""
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        found = list(pq.read_schema(path).names)
+        table = None
+    elif kind == "csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            found = list(reader.fieldnames or [])
+            table = list(reader) if all(c in found for c in columns) else None
+    else:
+        raise ValueError(f"{field}: expected a .csv, .parquet or .pq file, received {str(path)!r}")
+    for column in columns:
+        if column not in found:
+            raise ValueError(f"{field}: expected a column {column!r} in {str(path)!r}, received the columns {found}")
+    if kind == "parquet":
+        table = pq.read_table(path, columns=list(columns))
+        return {c: table.column(c).to_pylist() for c in columns}
+    return {c: [row[c] for row in table] for c in columns}
+
+
+def read_labelled_table(
+    path: str | Path, text_column: str = "text", label_column: str = "label", field: str = "golden_file"
+) -> GoldenTextSet:
+    """A golden set from a CSV (with a header row) or Parquet table with a text and a label column.
+
+    Labels may be names or integers; class ids follow the sorted raw labels (numeric order for integers) and the
+    class names are the raw labels as text. Rows with an empty text or label raise ValueError naming the row
+    (data rows counted from 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}: expected a CSV or Parquet file, received {str(path)!r} (no such file)")
+    columns = _read_columns(path, [text_column, label_column], field)
+    texts, raw = columns[text_column], columns[label_column]
+    for row, (text, label) in enumerate(zip(texts, raw), start=1):
+        if text is None or not str(text).strip():
+            raise ValueError(f"{field}: row {row} of {str(path)!r} has an empty {text_column!r}, received {text!r}")
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise ValueError(f"{field}: row {row} of {str(path)!r} has an empty {label_column!r}, received {label!r}")
+    keys = [label.strip() if isinstance(label, str) else label for label in raw]
+    try:
+        ordered = sorted(set(keys))
+    except TypeError:  # mixed numbers and names: order by text
+        ordered = sorted(set(keys), key=str)
+    index = {key: i for i, key in enumerate(ordered)}
+    return GoldenTextSet([" ".join(str(t).split()) for t in texts], [index[k] for k in keys], [str(k) for k in ordered])
+
+
+def load_golden_file(
+    path: str | Path, text_column: str = "text", label_column: str = "label", field: str = "golden_file"
+) -> GoldenTextSet:
+    """A golden set from your own file: CSV / Parquet (``read_labelled_table``) by suffix, any other suffix as
+    fastText-format lines (``read_labelled_lines``, UTF-8)."""
+    path = Path(path)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return read_labelled_table(path, text_column, label_column, field)
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}: expected a labelled text file, received {str(path)!r} (no such file)")
+    return read_labelled_lines(path.read_text(encoding="utf-8").splitlines())
 
 
 def load_golden_texts(name: str = "movie_sentiment", folder: str | Path | None = None) -> GoldenTextSet:

@@ -10,7 +10,6 @@ pure function of (epoch, position) and a resumed run asks for exactly what the u
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,8 +19,8 @@ from torch.utils.data import Dataset
 from prismrl.choices import check_positive_int
 from prismrl.data.golden_text import (
     GoldenTextSet,
+    load_golden_file,
     load_golden_texts,
-    read_labelled_lines,
     split_golden,
 )
 from prismrl.data.loaders import LoaderSettings, ResumableDataLoader, resolve_rank_world
@@ -58,8 +57,13 @@ class GoldenTextDataModule(LightningDataModule):
 
     Args:
         golden: a built-in golden set name (``prismrl.data.golden_text.GOLDEN_SETS``), unused with ``golden_file``.
-        golden_file: your own fastText-format file (``__label__<name> <text>`` per line).
-        val_fraction, test_fraction, split_seed: the stratified split.
+        golden_file: your own golden set: a CSV (header row) or Parquet file with a text and a label column, or
+            any other suffix as a fastText-format file (``__label__<name> <text>`` per line).
+        text_column: the text column of a CSV / Parquet ``golden_file``.
+        label_column: the label column of a CSV / Parquet ``golden_file`` (names or integers).
+        val_fraction: share of each class held out as the golden validation split (the reward's golden set).
+        test_fraction: share of each class held out as the test split.
+        split_seed: the stratified split.
         loader: ``loader.batch_size`` = generation requests per PPO iteration (the training batch size);
             workers and pinned memory as for every DataModule.
         iterations_per_epoch: PPO iterations per epoch.
@@ -69,6 +73,8 @@ class GoldenTextDataModule(LightningDataModule):
         self,
         golden: str = "movie_sentiment",
         golden_file: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
         val_fraction: float = 0.25,
         test_fraction: float = 0.25,
         split_seed: int = 0,
@@ -87,10 +93,7 @@ class GoldenTextDataModule(LightningDataModule):
         hp = self.hparams
         if hp.golden_file is None:
             return load_golden_texts(hp.golden)
-        path = Path(hp.golden_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"golden_file: expected a labelled text file, received {hp.golden_file!r}")
-        return read_labelled_lines(path.read_text(encoding="utf-8").splitlines())
+        return load_golden_file(hp.golden_file, hp.text_column, hp.label_column, field="golden_file")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -4,7 +4,10 @@ For one rollout batch of B generations with requested class ids y_i and parse re
 
 1. the classifier is reset to its starting weights and trained for ``train_steps`` AdamW steps on the
    parseable examples (cross-entropy; minibatches of ``batch_size`` drawn with the global torch RNG, or the
-   whole batch in a fixed order, so the same examples always give the same classifier);
+   whole batch in a fixed order, so the same examples always give the same classifier); or, with
+   ``ClassifierTraining(mode="early_stopping")``, on all but a seeded stratified held-out slice of them, evaluated
+   on that slice (cross-entropy) after every step, stopped after ``patience`` steps without improvement and
+   rolled back to its best weights (the reset weights count as step 0);
 2. it is evaluated on the golden set: golden loss (mean cross-entropy) and golden accuracy;
 3. the parseable examples are embedded with the trained classifier's encoder; per sample,
    inter_i / intra_i are its mean distances to the other-class / same-class synthetic examples
@@ -33,12 +36,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prismrl.choices import check_positive_int, checkpoint_safe
+from prismrl.choices import check_positive_int, checkpoint_safe, parse_choice
 from prismrl.evaluation.synthetic_quality import class_distances, parse_metric
 from prismrl.rewards.normalizer import RewardNormalizer
 
@@ -64,6 +68,86 @@ class RewardWeights:
             raise ValueError(f"reward_weights: expected at least one non-zero weight, received {values}")
 
 
+class ClassifierTrainingMode(str, Enum):
+    STEPS = "steps"
+    EARLY_STOPPING = "early_stopping"
+
+
+@checkpoint_safe
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """How the classifier in the loop is trained on each batch of generations.
+
+    mode: "steps" (the default: ``train_steps`` steps on every example) or "early_stopping" (at most
+        ``max_steps`` steps on all but a held-out slice, stopped after ``patience`` steps without a lower held-out
+        loss, best weights kept).
+    patience: early stopping: steps without improvement before stopping.
+    holdout_fraction: early stopping: share of each class held out (at least one example of a class with two or
+        more; a batch of fewer than two examples trains ``max_steps`` steps on everything).
+    max_steps: early stopping: the step budget (None = the reward's ``train_steps``).
+    min_delta: early stopping: the held-out loss must drop by more than this to count as an improvement.
+    seed: early stopping: seed of the held-out draw (the same examples always give the same split).
+    """
+
+    mode: str = "steps"
+    patience: int = 2
+    holdout_fraction: float = 0.2
+    max_steps: int | None = None
+    min_delta: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        parse_choice(ClassifierTrainingMode, self.mode, "classifier_training.mode")
+        check_positive_int("classifier_training.patience", self.patience)
+        if self.max_steps is not None:
+            check_positive_int("classifier_training.max_steps", self.max_steps)
+        fraction = self.holdout_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+            raise ValueError(f"classifier_training.holdout_fraction: expected a float in (0, 1), received {fraction!r}")
+        delta = self.min_delta
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
+            raise ValueError(f"classifier_training.min_delta: expected a finite float >= 0, received {delta!r}")
+
+    @property
+    def early_stopping(self) -> bool:
+        mode = parse_choice(ClassifierTrainingMode, self.mode, "classifier_training.mode")
+        return mode is ClassifierTrainingMode.EARLY_STOPPING
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """What the last ``fit`` did: ``steps`` taken of a ``budget``, the step whose weights were kept (early stopping:
+    the best; 0 = the reset weights) and the held-out losses after steps 0, 1, 2, ... (empty without a held-out
+    slice)."""
+
+    steps: int
+    budget: int
+    kept_step: int
+    holdout_losses: tuple[float, ...] = ()
+    num_train: int = 0
+    num_holdout: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.steps < self.budget
+
+
+def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows): per class with n >= 2 examples, max(1, round(n * fraction)) of them (at most
+    n - 1) drawn with ``torch.Generator().manual_seed(seed)``; classes with one example stay in train."""
+    generator = torch.Generator().manual_seed(seed)
+    train: list[int] = []
+    held: list[int] = []
+    labels = labels.cpu()
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)].tolist()
+        n_held = 0 if len(members) < 2 else min(len(members) - 1, max(1, round(len(members) * fraction)))
+        held += members[:n_held]
+        train += members[n_held:]
+    return sorted(train), sorted(held)
+
+
 @dataclass(frozen=True)
 class RewardResult:
     rewards: Tensor  # [B] per generation
@@ -78,7 +162,7 @@ class RewardResult:
 class ClassifierReward:
     """See the module docstring. ``classifier`` has ``embed(list[str]) -> [N, H]`` and ``head: [N, H] -> [N, C]``
     (``prismrl.backbones.text_classifier.TextClassifier``); the starting weights are ``initial_state`` (default: its
-    weights at construction)."""
+    weights at construction); ``training`` chooses k steps (default) or early stopping (``ClassifierTraining``)."""
 
     def __init__(
         self,
@@ -93,6 +177,7 @@ class ClassifierReward:
         failure_reward: float | None = None,
         eval_batch_size: int = 64,
         initial_state: dict[str, Tensor] | None = None,
+        training: ClassifierTraining | dict | None = None,
     ) -> None:
         if not isinstance(weights, RewardWeights):
             raise TypeError(f"weights: expected RewardWeights, received {type(weights).__name__}")
@@ -109,6 +194,12 @@ class ClassifierReward:
         start = classifier.state_dict() if initial_state is None else initial_state
         self.initial_state = {k: v.detach().clone() for k, v in start.items()}
         self._golden_features: Tensor | None = None
+        if isinstance(training, dict):  # as hyperparameters record it
+            training = ClassifierTraining(**training)
+        if training is not None and not isinstance(training, ClassifierTraining):
+            raise TypeError(f"training: expected ClassifierTraining or a dict of its fields, received {type(training).__name__}")
+        self.training_settings = training if training is not None else ClassifierTraining()
+        self.last_fit: FitSummary | None = None
 
     @property
     def _frozen(self) -> bool:
@@ -128,28 +219,74 @@ class ClassifierReward:
         self.classifier.train(was_training)
         return out
 
-    def fit(self, texts: list[str], labels: Tensor) -> None:
-        """Reset, then ``train_steps`` AdamW steps of cross-entropy on (texts, labels)."""
+    def fit(self, texts: list[str], labels: Tensor) -> FitSummary:
+        """Reset, then train on (texts, labels): ``train_steps`` AdamW steps of cross-entropy, or early stopping on
+        a held-out slice (``training``); the summary is also kept as ``last_fit``."""
         self.reset()
-        if not texts or self.train_steps == 0:
-            return
+        labels = torch.as_tensor(labels).long().to(self.golden_labels.device)
+        training = self.training_settings
+        budget = (training.max_steps or self.train_steps) if training.early_stopping else self.train_steps
+        if not texts or budget == 0:
+            self.last_fit = FitSummary(0, budget, 0, num_train=len(texts))
+            return self.last_fit
+        features = self.embed_texts(texts) if self._frozen else None  # frozen encoder: embed once
+        rows = list(range(len(texts)))
+        held: list[int] = []
+        if training.early_stopping:
+            rows, held = stratified_holdout(labels, training.holdout_fraction, training.seed)
         params = [p for p in self.classifier.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr)
-        features = self.embed_texts(texts) if self._frozen else None  # frozen encoder: embed once
-        labels = labels.to(self.golden_labels.device)
-        self.classifier.train()
-        size = min(self.batch_size or len(texts), len(texts))
-        for _ in range(self.train_steps):
-            rows = torch.arange(size) if size == len(texts) else torch.randperm(len(texts))[:size]  # full batch: fixed order
+        size = min(self.batch_size or len(rows), len(rows))
+        losses: list[float] = []
+        best_loss, best_step, best_state, since_best, steps = math.inf, 0, None, 0, 0
+        if held:
+            best_loss, best_state = self._holdout_loss(texts, labels, features, held), self._trainable_state()
+            losses.append(best_loss)
+        for step in range(1, budget + 1):
+            self.classifier.train()
+            # the full batch in a fixed order, else a random minibatch
+            pick = torch.arange(size) if size == len(rows) else torch.randperm(len(rows))[:size]
+            batch = [rows[i] for i in pick.tolist()]
             if features is not None:
-                logits = self.classifier.head(features[rows])
+                logits = self.classifier.head(features[batch])
             else:
-                logits = self.classifier.head(self.classifier.embed([texts[i] for i in rows.tolist()]))
-            loss = F.cross_entropy(logits.float(), labels[rows].to(logits.device))
+                logits = self.classifier.head(self.classifier.embed([texts[i] for i in batch]))
+            loss = F.cross_entropy(logits.float(), labels[batch].to(logits.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps = step
+            if not held:
+                continue
+            losses.append(self._holdout_loss(texts, labels, features, held))
+            if losses[-1] < best_loss - training.min_delta:
+                best_loss, best_step, best_state, since_best = losses[-1], step, self._trainable_state(), 0
+            else:
+                since_best += 1
+                if since_best >= training.patience:
+                    break
+        if best_state is not None:
+            self.classifier.load_state_dict(best_state, strict=False)
         self.classifier.eval()
+        self.last_fit = FitSummary(steps, budget, best_step if held else steps, tuple(losses), len(rows), len(held))
+        return self.last_fit
+
+    def _trainable_state(self) -> dict[str, Tensor]:
+        """Copies of the trainable parameters and all buffers (a frozen encoder's weights never change)."""
+        names = {n for n, p in self.classifier.named_parameters() if p.requires_grad}
+        names |= {n for n, _ in self.classifier.named_buffers()}
+        return {k: v.detach().clone() for k, v in self.classifier.state_dict().items() if k in names}
+
+    @torch.no_grad()
+    def _holdout_loss(self, texts: list[str], labels: Tensor, features: Tensor | None, held: list[int]) -> float:
+        self.classifier.eval()
+        if features is not None:
+            logits = self.classifier.head(features[held])
+        else:
+            step = self.eval_batch_size
+            logits = torch.cat([self.classifier.head(self.classifier.embed([texts[i] for i in held[j:j + step]]))
+                                for j in range(0, len(held), step)])
+        return float(F.cross_entropy(logits.float(), labels[held].to(logits.device)))
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:

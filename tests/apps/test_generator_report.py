@@ -15,18 +15,6 @@ from prismrl.cli import build_cli
 TINY = "configs/generator_ppo/tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(repo_root, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    cwd = os.getcwd()
-    os.chdir(workdir)
-    try:
-        build_cli(["fit", "--config", str(repo_root / TINY), "--trainer.max_epochs", "1"])
-    finally:
-        os.chdir(cwd)
-    return workdir, workdir / "runs/generator_ppo/tiny/version_0/checkpoints/last.ckpt"
-
-
 def test_report_files_and_rows(tiny_checkpoint, capsys):
     workdir, checkpoint = tiny_checkpoint
     out = workdir / "report"
@@ -44,8 +32,17 @@ def test_report_files_and_rows(tiny_checkpoint, capsys):
         assert float(rows[source, "mean"]["golden_loss"]) == pytest.approx(sum(per_seed) / 2, abs=1e-4)
         assert float(rows[source, "std"]["golden_loss"]) == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2, abs=1e-4)
     assert int(rows["golden", "0"]["num_valid"]) == 4 and float(rows["golden", "0"]["parse_failure_rate"]) == 0.0
+    golden = rows["golden", "0"]  # 4 real examples, classes alternating: even, no repeats
+    assert float(golden["class_balance"]) == 1.0 and float(golden["duplicate_rate"]) == 0.0
+    assert float(golden["length_words_mean"]) > 3 and float(golden["length_chars_mean"]) > float(golden["length_words_mean"])
+    expected = (float(golden["golden_accuracy"]) + (1 + float(golden["silhouette"])) / 2 + 1 + 1 + 1) / 5
+    assert float(golden["quality_score"]) == pytest.approx(expected, abs=1e-3)
+    for (source, seed), row in rows.items():
+        assert 0.0 <= float(row["quality_score"]) <= 1.0
     report = (out / "report.md").read_text()
     assert "| baseline |" in report and "## Samples: trained" in report and "golden test split" in report
+    assert "Class balance (parseable examples per class" in report and "| golden | 2 | 2 | 1.0000 |" in report
+    assert "Text length (parseable examples, words)" in report and "quality_score" in report
     assert (out / "metrics.png").stat().st_size > 0 and (out / "embeddings.png").stat().st_size > 0
 
 
@@ -70,3 +67,13 @@ def test_baseline_is_the_generator_before_ppo(repo_root, tiny_checkpoint):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint: expected a checkpoint file, received .*none.ckpt. \(no such file\)"):
         main(["--checkpoint", str(tmp_path / "none.ckpt")])
+
+
+def test_data_statistics_of_a_source():
+    from prismrl.apps.generator_report import data_statistics
+
+    stats = data_statistics(["a good film", "A good film!", "bad", "plain copy"], [1, 1, 0, 1], 2, golden_texts=["plain copy"])
+    assert stats["class_counts"] == [1, 3] and 0.0 < stats["class_balance"] < 1.0
+    assert stats["duplicate_rate"] == 0.5  # a repeat of an earlier text and a copy of a golden one
+    assert stats["length_words_mean"] == pytest.approx((3 + 3 + 1 + 2) / 4)
+    assert stats["length_chars_mean"] == pytest.approx((11 + 12 + 3 + 10) / 4)

@@ -46,3 +46,25 @@ def test_bad_golden_sets_fail_with_named_errors(tmp_path):
         GoldenTextDataModule(golden_file=str(tmp_path / "missing.txt")).setup("fit")
     with pytest.raises(ValueError, match="iterations_per_epoch: expected an int >= 1, received 0"):
         GoldenTextDataModule(iterations_per_epoch=0)
+
+
+def test_golden_file_as_csv_with_configured_columns(tmp_path):
+    from prismrl.data.golden_text import load_golden_texts
+
+    shipped = load_golden_texts("movie_sentiment")
+    path = tmp_path / "reviews.csv"
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sentence", "polarity"])
+        writer.writerows((t, shipped.label_names[y]) for t, y in zip(shipped.texts, shipped.labels))
+    data = GoldenTextDataModule(golden_file=str(path), text_column="sentence", label_column="polarity")
+    data.setup("fit")
+    assert data.train_set.label_names == ["negative", "positive"]
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (100, 50, 50)
+    reference = GoldenTextDataModule()
+    reference.setup("fit")
+    assert data.train_set.texts == reference.train_set.texts and data.val_set.labels == reference.val_set.labels
+    with pytest.raises(ValueError, match=r"golden_file: expected a column 'text' .* received the columns \['sentence', 'polarity'\]"):
+        GoldenTextDataModule(golden_file=str(path)).setup("fit")
