@@ -13,6 +13,8 @@ head on the policy's last hidden states. Optimizer steps (``trainer.global_step`
 ppo_epochs x minibatches. Logged per step under train/..., and per epoch ``golden/accuracy`` (accuracy on the
 golden val split of the classifier trained on the epoch's synthetic batches) and ``reward/mean`` for
 EarlyStopping / ModelCheckpoint. The reward normalizer belongs to ``RewardNormalizationCallback`` (checkpointed).
+Checkpoints leave out the frozen pretrained weights (the LoRA policy's base, the frozen reference copy, the
+classifier's frozen encoder): they are reloaded from their source when the module is built.
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ from prismrl.data.generation_prompts import (
     load_prompt_template,
     parse_batch,
 )
-from prismrl.lightning_modules.plumbing import RolloutStageModule, built_from_config
+from prismrl.lightning_modules.plumbing import (
+    RolloutStageModule,
+    built_from_config,
+    frozen_pretrained_names,
+)
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
+from prismrl.policy.adapters.base import ProcessorSettings
 from prismrl.policy.adapters.causal_lm import CausalLMAdapter, ResponsePrefixAdapter
 from prismrl.policy.adapters.registry import adapter_class_for
 from prismrl.policy.build import (
@@ -54,14 +61,19 @@ from prismrl.policy.rollout import (
     eos_token_ids,
     minibatches,
 )
-from prismrl.rewards.classifier import ClassifierReward, RewardResult, RewardWeights
+from prismrl.policy.token_logprobs import policy_logprobs_and_values
+from prismrl.rewards.classifier import (
+    ClassifierReward,
+    ClassifierTraining,
+    RewardResult,
+    RewardWeights,
+)
 from prismrl.rewards.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
 from prismrl.rl.advantages import gae, masked_mean, whiten
 from prismrl.rl.importance import logprob_mismatch
 from prismrl.rl.kl import KLEstimator, kl_penalty
 from prismrl.rl.ppo import (
     ValueHead,
-    logprobs_and_values,
     ppo_loss,
     sequence_end_rewards,
 )
@@ -74,20 +86,40 @@ class GeneratorPPOModule(RolloutStageModule):
         classifier: the classifier-in-the-loop (``prismrl.backbones.text_classifier.TextClassifier``); its weights
             at construction are the starting weights it is reset to before every reward.
         policy: PolicySettings, the generator: a text-only causal LM (``prismrl.policy.build.build_policy``).
-        prompt_template: YAML path / dict / None (default ``PromptTemplate``); system_prompt: optional system turn.
-        icl_strategy ("random" / "diverse" / "balanced"), icl_examples: in-context examples per prompt; "diverse"
-            spreads them in the classifier's starting embedding space.
-        sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k); rollout: RolloutSettings (the
-            engine that samples: "hf" = the policy's own generate, "vllm" = a colocated vLLM engine; its log-prob
-            gap to the trainer is logged as train/engine_logprob_diff_mean|max).
-        reward_weights: RewardWeights (w1 inter, w2 intra, w3 golden_loss); classifier_steps / classifier_lr /
-            classifier_batch_size: the reward classifier's training; distance_metric: "cosine" / "euclidean";
-            failure_reward: reward of unparseable / empty / off-class generations (None = -(w2 + w3)).
-        kl_coef, kl_estimator ("k1"/"k2"/"k3"): per-token KL penalty; gamma, lam: GAE; whiten_advantages.
-        ppo_epochs, minibatch_size (None = whole batch), clip_range, value_clip_range, value_coef: PPO update.
-        optimizer: OptimizerSettings (AdamW at ``lr`` on the policy and ``value_lr`` on the value head, warmup +
-            cosine per optimizer step, constant by default: ``min_lr_ratio`` 1; gradient clipping).
+        prompt_template: YAML path / dict / None (default ``PromptTemplate``).
+        system_prompt: an optional system turn before each request.
+        processor: ProcessorSettings (the chat template; None = the tokenizer's / the model folder's).
+        icl_strategy: how in-context examples are drawn: "random", "balanced" (classes evenly) or "diverse"
+            (spread in the classifier's starting embedding space).
+        icl_examples: in-context examples per prompt.
+        sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k).
+        rollout: RolloutSettings, the engine that samples: "hf" = the policy's own generate, "vllm" = a colocated
+            vLLM engine (its log-prob gap to the trainer is logged as train/engine_logprob_diff_mean|max).
+        reward_weights: RewardWeights (w1 inter, w2 intra, w3 golden_loss).
+        classifier_steps: optimizer steps of the reward classifier on each batch of generations.
+        classifier_lr: the reward classifier's learning rate.
+        classifier_batch_size: the reward classifier's batch size (None = all generations at once).
+        classifier_training: ClassifierTraining: ``classifier_steps`` steps (default, mode "steps") or early stopping
+            on a held-out slice of each batch with its best weights kept (``{mode: early_stopping, patience: 2,
+            holdout_fraction: 0.2}``; ``max_steps`` None = ``classifier_steps``).
+        distance_metric: "cosine" or "euclidean", for the inter / intra-class distances.
+        failure_reward: reward of unparseable / empty / off-class generations (None = -(w2 + w3)).
+        kl_coef: weight of the per-token KL penalty to the reference.
+        kl_estimator: "k1", "k2" or "k3".
+        gamma: GAE discount.
+        lam: GAE lambda.
+        whiten_advantages: whiten the advantages over the batch's completion tokens.
+        ppo_epochs: passes over each rollout batch.
+        minibatch_size: rows per PPO minibatch (None = the whole batch).
+        clip_range: PPO ratio clip.
+        value_clip_range: clip of the value update around the old values.
+        value_coef: weight of the value loss.
+        optimizer: OptimizerSettings (AdamW at ``lr`` on the policy, warmup + cosine per optimizer step, constant
+            by default: ``min_lr_ratio`` 1; gradient clipping).
+        value_lr: the value head's learning rate.
         seed: base seed of the in-context example draws.
+        logprob_chunk_size: token positions per block of the memory-efficient log-probs (None = about 16 MiB of
+            float32 logits per block on CPU, 256 MiB on GPU; ``prismrl.rl.logprobs``).
     """
 
     def __init__(
@@ -96,6 +128,7 @@ class GeneratorPPOModule(RolloutStageModule):
         policy: PolicySettings,
         prompt_template: str | dict[str, Any] | None = None,
         system_prompt: str | None = None,
+        processor: ProcessorSettings | None = None,
         icl_strategy: str = "balanced",
         icl_examples: int = 4,
         sampling: SamplingSettings | None = None,
@@ -104,6 +137,7 @@ class GeneratorPPOModule(RolloutStageModule):
         classifier_steps: int = 10,
         classifier_lr: float = 1e-3,
         classifier_batch_size: int | None = None,
+        classifier_training: ClassifierTraining | None = None,
         distance_metric: str = "cosine",
         failure_reward: float | None = None,
         kl_coef: float = 0.05,
@@ -148,7 +182,7 @@ class GeneratorPPOModule(RolloutStageModule):
                              f"received model_type {self.policy.config.model_type!r}")
         self.reference = None if uses_adapters(self.policy) else frozen_copy(self.policy)
         self.adapter = ResponsePrefixAdapter(self.tokenizer, self.policy.config, self.template.response_prefix,
-                                             system_prompt=system_prompt)
+                                             system_prompt=system_prompt, processor=processor)
         self.eos_ids = eos_token_ids(self.policy, self.tokenizer)
         self.value_head = ValueHead(self.policy.config.hidden_size)
         self.reward_normalizer = None  # set by RewardNormalizationCallback.setup
@@ -175,6 +209,7 @@ class GeneratorPPOModule(RolloutStageModule):
         self.reward_fn = ClassifierReward(
             self.classifier, val_set.texts, val_set.labels, self.reward_weights, hp.classifier_steps, hp.classifier_lr,
             hp.classifier_batch_size, hp.distance_metric, hp.failure_reward, initial_state=self.classifier_start,
+            training=hp.get("classifier_training"),
         )
         embeddings = None
         if parse_strategy(hp.icl_strategy) is ICLStrategy.DIVERSE:
@@ -250,8 +285,8 @@ class GeneratorPPOModule(RolloutStageModule):
 
     def _forward(self, model: nn.Module, value_head: ValueHead | None, batch) -> tuple[Tensor, Tensor | None]:
         """Completion log-probs [B, T-1] (and values) of a prompt + completion batch."""
-        return logprobs_and_values(model, value_head, batch.model_inputs(), batch.loss_mask, self.sampling.temperature,
-                                   self.hparams.logprob_chunk_size)
+        return policy_logprobs_and_values(model, value_head, batch.model_inputs(), batch.loss_mask,
+                                          self.sampling.temperature, self.hparams.logprob_chunk_size)
 
     def _log_iteration(self, report: ParseReport, result: RewardResult, kl: Tensor, mask: Tensor,
                        stats: list[dict[str, Tensor]], seconds: float) -> None:
@@ -276,16 +311,22 @@ class GeneratorPPOModule(RolloutStageModule):
                  batch_size=batch_size)
 
     # ----- Lightning plumbing -----
+    def rebuilt_frozen_children(self) -> tuple[str, ...]:
+        return ("policy", "reference", "classifier")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["prismrl_generator_ppo"] = {"classifier_start": self.classifier_start}
+        frozen = {k.removeprefix("classifier.") for k in frozen_pretrained_names(self, ("classifier",))}
+        checkpoint["prismrl_generator_ppo"] = {
+            "classifier_start": {k: v for k, v in self.classifier_start.items() if k not in frozen}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the classifier's starting weights (a fresh module would draw a new random head)."""
+        """Restore the classifier's starting weights (a fresh module would draw a new random head); its frozen
+        pretrained encoder starts as built."""
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("prismrl_generator_ppo")
         if saved is not None:
-            self.classifier_start = saved["classifier_start"]
+            self.classifier_start = {**self.classifier_start, **saved["classifier_start"]}
             if self.reward_fn is not None:
                 self.reward_fn.initial_state = {k: v.detach().clone() for k, v in self.classifier_start.items()}
 

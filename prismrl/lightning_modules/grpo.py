@@ -34,7 +34,7 @@ from prismrl.choices import (
 from prismrl.data.records import PromptRecord
 from prismrl.lightning_modules.plumbing import RolloutStageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
-from prismrl.policy.adapters import adapter_for
+from prismrl.policy.adapters import ProcessorSettings, adapter_for
 from prismrl.policy.build import (
     PolicySettings,
     build_policy,
@@ -42,16 +42,15 @@ from prismrl.policy.build import (
     reference_of,
     uses_adapters,
 )
+from prismrl.policy.multi_turn import EpisodeSampler
 from prismrl.policy.multimodal import MultimodalBatch
 from prismrl.policy.rollout import (
     PackingSettings,
     RolloutSettings,
     SamplingSettings,
-    completion_values,
     eos_token_ids,
     group_indices,
     minibatches,
-    sequence_logprobs,
 )
 from prismrl.policy.seeding import (
     RolloutSeeding,
@@ -60,7 +59,9 @@ from prismrl.policy.seeding import (
     prompt_seeds,
     seeded,
 )
-from prismrl.rewards.functions import build_reward, score_completions
+from prismrl.policy.token_logprobs import policy_logprobs
+from prismrl.rewards.environments import build_environment
+from prismrl.rewards.functions import RewardScores, build_reward, score_completions
 from prismrl.rl.advantages import (
     AdvantageScaling,
     global_std,
@@ -71,37 +72,41 @@ from prismrl.rl.importance import logprob_mismatch, truncated_importance_weights
 from prismrl.rl.kl import KLEstimator
 from prismrl.rl.objectives import PolicyObjective
 from prismrl.rl.policy_loss import LossAggregation, count_global_tokens, grpo_loss
+from prismrl.rl.shaping import DynamicSamplingSettings, OverlongSettings
 
 
 class GRPOModule(RolloutStageModule):
     """GRPO trainer for causal LMs and VLMs (see the module docstring).
 
     Args:
-        reward: a reward function ``fn(completions: list[str], records: list[PromptRecord]) -> [N]``
-            (``prismrl.rewards.functions``: ExactMatchReward, NumericMatchReward, FormatReward, CallableReward,
-            WeightedSumReward); per-component means are logged for a WeightedSumReward.
-        policy: PolicySettings, the (vision-)language policy (``model_name_or_path: shipped:smollm2-135m-instruct``,
-            an HF id/folder, or ``tiny_config: {model_type: qwen2_vl}`` for a tiny random-init model; dtype,
-            attention, quantization, lora ("all-linear" = the language model's linear layers), gradient checkpointing).
-        group_size: G completions per prompt (>= 2); sampling: SamplingSettings; rollout: RolloutSettings
-            (the engine that samples: "hf" = the policy's own generate, "vllm" = a colocated vLLM engine).
-        truncated_is_cap: with an engine that reports its own log-probs (vllm), weight each completion token's
-            policy loss by min(pi_trainer / pi_engine, C) (truncated importance sampling, C = this value; e.g. 2.0);
-            None = off. The engine/trainer log-prob gap is logged either way (train/engine_logprob_diff_mean|max).
-        num_iterations: optimization passes (mu) over each rollout; minibatch_size: rollouts per optimizer
-            step (None = all P*G at once).
-        beta, kl_estimator: KL coefficient (0 = no reference model) and estimator ("k1"/"k2"/"k3").
-        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high]; loss_aggregation: grpo/bnpo/dapo/dr_grpo;
+        reward: ``fn(completions: list[str], records: list[PromptRecord]) -> [N]`` (``prismrl.rewards.functions``:
+            ExactMatchReward, NumericMatchReward, FormatReward, CallableReward, WeightedSumReward).
+        policy: PolicySettings: the (vision-)language policy, its dtype, attention, quantization and LoRA.
+        group_size: G completions per prompt (>= 2).
+        sampling: SamplingSettings (temperature, top-p/k, max_new_tokens).
+        rollout: RolloutSettings: the engine that samples ("hf" = the policy's generate, "vllm" = colocated vLLM).
+        truncated_is_cap: with an engine reporting its own log-probs (vllm), weight each token's loss by
+            min(pi_trainer / pi_engine, C), C = this value; None = off (the gap is logged either way).
+        num_iterations: optimization passes (mu) over each rollout.
+        minibatch_size: rollouts per optimizer step (None = all P*G at once).
+        beta: KL coefficient (0 = no reference model).
+        kl_estimator: "k1", "k2" or "k3".
+        eps_low: lower clip: ratios below 1 - eps_low are clipped.
+        eps_high: upper clip: ratios above 1 + eps_high are clipped.
+        loss_aggregation: grpo / bnpo / dapo / dr_grpo (``prismrl.rl.policy_loss``).
         advantage_scaling: group_std / batch_std / none (the GRPO estimator's denominator).
         advantage_estimator: grpo / rloo / reinforce_pp (``prismrl.rl.baselines``).
-        objective: ppo_clip / gspo / gspo_token / cispo (``prismrl.rl.objectives``; eps_low / eps_high clip its ratio).
+        objective: ppo_clip / gspo / gspo_token / cispo (``prismrl.rl.objectives``).
         packing: PackingSettings to run the training forwards on packed rows (None = padded batch).
-        system_prompt: optional system turn; logprob_chunk_size: rows per log-softmax block (None = auto).
-        optimizer: OptimizerSettings (AdamW over the trainable policy weights, no decay on biases / norms,
-            warmup + cosine per optimizer step, gradient clipping).
+        system_prompt: an optional system turn.
+        processor: ProcessorSettings (image processor, chat template; None = the model folder's / defaults).
+        logprob_chunk_size: rows per log-softmax block (None = auto).
+        optimizer: OptimizerSettings (AdamW over the trainable policy weights, warmup + cosine, clipping).
         export_dir: where ``on_fit_end`` saves the adapters (or the full model) and tokenizer.
-        rollout_seeding: "per_rank" (one sampling seed per rank and step) or "per_prompt" (one per prompt and
-            step: the same completions however prompts split across ranks); see ``prismrl.policy.seeding``.
+        rollout_seeding: "per_rank" or "per_prompt" (the same completions however prompts split across ranks).
+        dynamic_sampling: DAPO's re-rolling of uninformative groups (``prismrl.rl.shaping``; None = off).
+        overlong: DAPO's overlong reward shaping and filter (``prismrl.rl.shaping``; None = off).
+        environment: multi-turn episodes whose rewards replace ``reward`` (``prismrl.rewards.environments``).
 
     Across ranks (DDP / FSDP2) each rank rolls out its own prompts, G completions each, so a group never spans
     ranks; ``batch_std`` scaling divides by the std of every rank's rewards, and logged metrics are rank means.
@@ -127,14 +132,18 @@ class GRPOModule(RolloutStageModule):
         objective: str = "ppo_clip",
         packing: PackingSettings | None = None,
         system_prompt: str | None = None,
+        processor: ProcessorSettings | None = None,
         logprob_chunk_size: int | None = None,
         optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99), warmup_ratio=0.0,
                                                          min_lr_ratio=0.1, max_grad_norm=1.0),
         export_dir: str | None = None,
         rollout_seeding: str = "per_rank",
+        dynamic_sampling: DynamicSamplingSettings | None = None,
+        overlong: OverlongSettings | None = None,
+        environment: Any = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=[] if built_from_config() else ["reward"])
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["reward", "environment"])
         self.automatic_optimization = False
         self.strict_loading = False  # LoRA checkpoints hold no frozen base weights (see on_save_checkpoint)
         reward = build_reward(reward)
@@ -158,37 +167,36 @@ class GRPOModule(RolloutStageModule):
         self._run_seed = 0
         self.policy, self.tokenizer = build_policy(policy)
         self.reference = frozen_copy(self.policy) if beta > 0 and not uses_adapters(self.policy) else None
-        self.adapter = adapter_for(self.policy, self.tokenizer, system_prompt=system_prompt)
+        self.adapter = adapter_for(self.policy, self.tokenizer, system_prompt=system_prompt, processor=processor)
         self.eos_ids = eos_token_ids(self.policy, self.tokenizer)
         self.packing = packing
         self.rope_index = self.adapter.rope_index_fn(self.policy) if packing is not None else None
+        self.sampler = EpisodeSampler(self.adapter, self.eos_ids, group_size, build_environment(environment), overlong,
+                                      dynamic_sampling)
 
     def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        return sequence_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,
-                                 with_entropy, self.packing, self.rope_index)
+        return policy_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,
+                               with_entropy, self.packing, self.rope_index)
 
     # ----- rollouts -----
     def rollout(self, records: list[PromptRecord], greedy: bool = False) -> tuple[MultimodalBatch, list[str], Any]:
-        """Sample G completions per record (1 when greedy); returns the training batch, texts and reward scores."""
+        """G completions or episodes per record (1 when greedy) -> training batch, texts, scores (EpisodeSampler)."""
         if not records or not all(isinstance(r, PromptRecord) for r in records):
             raise TypeError(f"batch: expected a non-empty list of PromptRecord, received {type(records).__name__}")
-        prompts = self.adapter.build_prompts([r.prompt for r in records], [r.images for r in records])
-        index = torch.arange(len(records)) if greedy else group_indices(len(records), self.hparams.group_size)
-        prompts = prompts.select(index).to(self.device, pixel_dtype=self.policy.dtype)
         with gathered(self.policy):  # FSDP2: weights gathered once for the whole rollout, not per token
-            completions = self._sample(prompts, records, greedy)
-        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        scores = score_completions(self.reward, texts, [records[i] for i in index.tolist()])
-        batch = self.adapter.append_completions(prompts, completions).to(self.device, self.policy.dtype)
-        batch.rewards = scores.total.to(self.device)
-        return batch, texts, scores
+            out = self.sampler.sample(records, greedy, lambda *args: self._sample(*args, greedy=greedy),
+                                      lambda texts, rows: score_completions(self.reward, texts, rows),
+                                      self.rollout_engine, self.sampling.max_new_tokens, self.device, self.policy.dtype)
+        self.rollout_stats, self.engine_logprobs = out.stats, out.engine_logprobs
+        return out.batch, out.texts, RewardScores(out.total, out.components)
 
-    def _sample(self, prompts: MultimodalBatch, records: list[PromptRecord], greedy: bool) -> list[list[int]]:
-        """Completions of the [P*G] prompt rows under a per-rank or per-prompt seed (``prismrl.policy.seeding``)."""
+    def _sample(self, prompts: MultimodalBatch, records: list[PromptRecord] | None, round_: int = 0, turn: int = 0,
+                greedy: bool = False) -> list[list[int]]:
+        """Completions of the prompt rows, seeded per rank or prompt (and round / turn; ``prismrl.policy.seeding``)."""
         if greedy:
             return self.rollout_engine.generate(prompts, self.sampling, greedy=True)
-        step = self.global_step
-        if self.seeding is RolloutSeeding.PER_RANK:
+        step = self.global_step if round_ == turn == 0 else (self.global_step, round_, turn)
+        if self.seeding is RolloutSeeding.PER_RANK or records is None:
             with seeded(derive_seed(self._run_seed, step, "rank", self.global_rank), self.device):
                 return self.rollout_engine.generate(prompts, self.sampling)
         group = torch.zeros(self.hparams.group_size, dtype=torch.long)
@@ -216,9 +224,7 @@ class GRPOModule(RolloutStageModule):
         self.rollout_engine.take_logprobs()  # drop any left from an interrupted step
         batch, _, scores = self.rollout(records)
         rollout_seconds = time.perf_counter() - start
-        engine_logprobs = self.rollout_engine.take_logprobs()  # the engine's own, per sampled row (vllm)
-        if engine_logprobs is not None:
-            engine_logprobs = completion_values(engine_logprobs, batch.loss_mask)  # [P*G, T-1]
+        engine_logprobs = self.engine_logprobs  # the engine's own (vllm) [P*G, T-1], or None
         batch_std = global_std(batch.rewards) if self.scaling is AdvantageScaling.BATCH_STD else None  # all ranks
         if self.estimator is AdvantageEstimator.REINFORCE_PP:  # the std of the group-centered rewards, over all ranks
             batch_std = global_std(estimate_advantages(AdvantageEstimator.GRPO, batch.rewards, hp.group_size,
@@ -233,7 +239,7 @@ class GRPOModule(RolloutStageModule):
         for _ in range(hp.num_iterations):
             for index in minibatches(batch.batch_size, hp.minibatch_size):
                 engine_rows = None if engine_logprobs is None else engine_logprobs[index.to(engine_logprobs.device)]
-                stats.append(self._optimizer_step(batch.select(index), optimizer, engine_rows))
+                stats.append(self._optimizer_step(batch.select(index), optimizer, engine_rows) | self.rollout_stats)
                 scheduler.step()
         self.rollout_engine.sync_weights(self.policy)
         self._log_step(batch, scores, stats, rollout_seconds, time.perf_counter() - start)
