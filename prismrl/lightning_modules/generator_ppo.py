@@ -118,8 +118,8 @@ class GeneratorPPOModule(RolloutStageModule):
             by default: ``min_lr_ratio`` 1; gradient clipping).
         value_lr: the value head's learning rate.
         seed: base seed of the in-context example draws.
-        logprob_chunk_size: token positions per block of the memory-efficient log-probs (None = about 16 MiB of
-            float32 logits per block on CPU, 256 MiB on GPU; ``prismrl.rl.logprobs``).
+        logprob_chunk_size: token positions per block of the log-probs from hidden states (None = about 64 MiB
+            of float32 logits per block on CPU, 256 MiB on GPU; ``prismrl.rl.hidden_logprobs``).
     """
 
     def __init__(
