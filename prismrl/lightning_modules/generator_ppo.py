@@ -70,7 +70,7 @@ from prismrl.rewards.classifier import (
 )
 from prismrl.rewards.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
 from prismrl.rl.advantages import gae, masked_mean, whiten
-from prismrl.rl.importance import logprob_mismatch
+from prismrl.rl.importance import logprob_mismatch, truncated_importance_weights
 from prismrl.rl.kl import KLEstimator, kl_penalty
 from prismrl.rl.ppo import (
     ValueHead,
@@ -95,6 +95,8 @@ class GeneratorPPOModule(RolloutStageModule):
         sampling: SamplingSettings (max_new_tokens, temperature, top_p, top_k).
         rollout: RolloutSettings, the engine that samples: "hf" = the policy's own generate, "vllm" = a colocated
             vLLM engine (its log-prob gap to the trainer is logged as train/engine_logprob_diff_mean|max).
+        truncated_is_cap: with an engine reporting its own log-probs (vllm), weight each token's policy loss by
+            min(exp(trainer - engine log-prob), cap) (truncated importance sampling; None = off, e.g. 2.0).
         reward_weights: RewardWeights (w1 inter, w2 intra, w3 golden_loss).
         classifier_steps: optimizer steps of the reward classifier on each batch of generations.
         classifier_lr: the reward classifier's learning rate.
@@ -133,6 +135,7 @@ class GeneratorPPOModule(RolloutStageModule):
         icl_examples: int = 4,
         sampling: SamplingSettings | None = None,
         rollout: RolloutSettings = RolloutSettings(),
+        truncated_is_cap: float | None = None,
         reward_weights: RewardWeights | None = None,
         classifier_steps: int = 10,
         classifier_lr: float = 1e-3,
@@ -166,6 +169,8 @@ class GeneratorPPOModule(RolloutStageModule):
             check_positive_int("minibatch_size", minibatch_size)
         check_positive_float("kl_coef", kl_coef, allow_zero=True)
         check_positive_float("value_lr", value_lr)
+        if truncated_is_cap is not None:
+            check_positive_float("truncated_is_cap", truncated_is_cap)
         parse_strategy(icl_strategy, "icl_strategy")
         self.optimizer_settings = optimizer
         self.rollout_settings = rollout
@@ -262,8 +267,14 @@ class GeneratorPPOModule(RolloutStageModule):
                 advantages = whiten(advantages, mask)
             check_finite("the rewards", rewards, self.global_step)
             check_finite("the advantages", advantages, self.global_step)
-            engine_stats = {} if engine_logprobs is None else logprob_mismatch(
-                old_logprobs, completion_values(engine_logprobs, rollout.loss_mask).to(old_logprobs.dtype), mask)
+            engine_stats = {}
+            if engine_logprobs is not None:  # the sampling engine's own log-probs: log the gap, optionally reweight
+                engine_rows = completion_values(engine_logprobs, rollout.loss_mask).to(old_logprobs.dtype)
+                engine_stats = logprob_mismatch(old_logprobs, engine_rows, mask)
+                if hp.truncated_is_cap is not None:
+                    weights = truncated_importance_weights(old_logprobs, engine_rows, hp.truncated_is_cap)  # [B, T-1]
+                    advantages = advantages * weights  # = weighting each token's clipped policy loss (w > 0)
+                    engine_stats["tis_weight_mean"] = masked_mean(weights, mask)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         self.policy.train()
         stats: list[dict[str, Tensor]] = []
