@@ -59,6 +59,9 @@ def cache_damage(folder: Path, marker: str = MANIFEST) -> str | None:
     return None
 
 
+_ANNOUNCED: set[Path] = set()
+
+
 def publish_cache_dir(final: Path, build: Callable[[Path], None], marker: str = MANIFEST) -> Path:
     """Build a cache folder once, atomically: ``build(tmp)`` fills a temp folder beside ``final`` (writing
     ``marker`` last); the size of every file is recorded in ``CONTENTS`` and the folder is renamed to ``final``.
@@ -69,6 +72,9 @@ def publish_cache_dir(final: Path, build: Callable[[Path], None], marker: str = 
     """
     damage = cache_damage(final, marker) if final.exists() else "not built yet"
     if damage is None:
+        if final not in _ANNOUNCED:  # one line per folder and process
+            _ANNOUNCED.add(final)
+            log.info("loading %s/%s from the cache at %s", final.parent.name, final.name, final.parent.parent)
         return final
     import shutil
     import tempfile

@@ -111,6 +111,12 @@ def _configure_environment() -> None:
     report = logging.getLogger("transformers.modeling_utils")
     if not any(isinstance(f, _ShortLoadReport) for f in report.filters):
         report.addFilter(_ShortLoadReport())
+    own = logging.getLogger("prismrl")  # prismrl's info lines (cache loads and builds, conversions) on stderr
+    if not own.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        own.addHandler(handler)
+        own.setLevel(logging.INFO)
 
 
 def _quiet_progress_bars() -> None:

@@ -51,3 +51,14 @@ def test_the_digits_cache_heals_a_deleted_parquet_file(tmp_path, monkeypatch):
     parquet[0].unlink()
     ensure_digits_dataset()
     assert {p: p.stat().st_size for p in parquet} == sizes
+
+
+def test_a_cache_hit_is_announced_once_per_folder(tmp_path, caplog):
+    calls: list = []
+    final = tmp_path / "models" / "abc123"
+    with caplog.at_level(logging.INFO, logger="prismrl.cache"):
+        publish_cache_dir(final, _builder(calls))  # built: no "loading" line
+        assert "from the cache" not in caplog.text
+        publish_cache_dir(final, _builder(calls))
+        publish_cache_dir(final, _builder(calls))
+    assert caplog.text.count(f"loading models/abc123 from the cache at {tmp_path}") == 1
