@@ -10,7 +10,8 @@ at temperature 1.0), beta 0.04 (k3 KL to the reference: adapters off for LoRA, a
 DAPO loss aggregation, eps 0.2 / 0.28, one optimizer step per rollout, gradient checkpointing, fp32 on CPU.
 Modes: "lora" (r 16, alpha 32, all linear layers) and "full". Each run is its own process (prismrl and TRL alternate,
 so load on a shared machine hits both alike) and does --steps measured steps after one warm-up step. Reported per
-side and mode: mean seconds per step over all measured steps of all runs, seconds per generated token, peak RSS
+side and mode: mean seconds per step over all measured steps of all runs, CPU seconds per step (the process's
+CPU time: with 1 thread it stays comparable when other jobs load the machine), seconds per generated token, peak RSS
 (the process's ru_maxrss, model load included), and the mean reward of the last step (the config's reward on both
 sides). The table is followed by one JSON line with the ratios (TRL time / prismrl time: > 1 means prismrl is
 faster), machine, versions and load.
@@ -76,14 +77,15 @@ def run_prismrl(mode: str, steps: int, seed: int) -> dict:
     path = os.path.join(work, "config.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
-    times, tokens, rewards = [], [], []
+    times, cpu, tokens, rewards = [], [], [], []
 
     class StepTimer(Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             times.append(time.perf_counter() - self.start)
+            cpu.append(time.process_time() - self.cpu)
             metrics = trainer.callback_metrics
             tokens.append(float(metrics.get("train/completion_length", float("nan"))) * PROMPTS * GROUP)
             rewards.append(float(metrics.get("train/reward", float("nan"))))
@@ -91,7 +93,8 @@ def run_prismrl(mode: str, steps: int, seed: int) -> dict:
     cli = build_cli(["--config", path], run=False)
     cli.trainer.callbacks.append(StepTimer())
     cli.trainer.fit(cli.model, cli.datamodule)
-    return {"seconds": times[1:], "tokens": tokens[1:], "reward": rewards[-1], "peak_rss_mib": _rss_mib()}
+    return {"seconds": times[1:], "cpu_seconds": cpu[1:], "tokens": tokens[1:], "reward": rewards[-1],
+            "peak_rss_mib": _rss_mib()}
 
 
 def run_trl(mode: str, steps: int, seed: int) -> dict:
@@ -115,14 +118,15 @@ def run_trl(mode: str, steps: int, seed: int) -> dict:
         seed=seed, bf16=False, dataloader_num_workers=0, disable_tqdm=True,
     )
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear") if mode == "lora" else None
-    times, tokens, rewards = [], [], []
+    times, cpu, tokens, rewards = [], [], [], []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
+            cpu.append(time.process_time() - self.cpu)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
@@ -132,8 +136,8 @@ def run_trl(mode: str, steps: int, seed: int) -> dict:
     trainer = GRPOTrainer(model=str(smollm2_folder()), reward_funcs=_task_reward, args=args, train_dataset=data,
                           peft_config=peft_config, callbacks=[StepTimer()])
     trainer.train()
-    return {"seconds": times[1:], "tokens": tokens[1:], "reward": rewards[-1] if rewards else float("nan"),
-            "peak_rss_mib": _rss_mib()}
+    return {"seconds": times[1:], "cpu_seconds": cpu[1:], "tokens": tokens[1:],
+            "reward": rewards[-1] if rewards else float("nan"), "peak_rss_mib": _rss_mib()}
 
 
 def _versions(python: str) -> dict:
@@ -175,27 +179,31 @@ def main() -> None:
                 if done.returncode or not lines:
                     sys.exit(f"{side} {mode} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
                 run = json.loads(lines[-1][7:])
-                entry = results.setdefault((mode, side), {"seconds": [], "tokens": [], "reward": [], "rss": []})
+                entry = results.setdefault((mode, side), {"seconds": [], "cpu": [], "tokens": [], "reward": [], "rss": []})
                 entry["seconds"] += run["seconds"]
+                entry["cpu"] += run["cpu_seconds"]
                 entry["tokens"] += run["tokens"]
                 entry["reward"].append(run["reward"])
                 entry["rss"].append(run["peak_rss_mib"])
                 loads.append(os.getloadavg()[0])
                 print(f"  run {repeat + 1} {mode:4s} {side:7s}: {statistics.mean(run['seconds']):6.2f} s/step "
+                      f"{statistics.mean(run['cpu_seconds']):6.2f} CPU s/step "
                       f"load {loads[-1]:.1f}", flush=True)
-    print(f"{'mode':5s} {'side':8s} {'s/step':>8s} {'ms/token':>9s} {'peak RSS MiB':>13s} {'last reward':>12s}")
+    print(f"{'mode':5s} {'side':8s} {'s/step':>8s} {'CPU s/step':>11s} {'ms/token':>9s} {'peak RSS MiB':>13s} "
+          f"{'last reward':>12s}")
     summary = {}
     for (mode, side), entry in results.items():
         seconds = statistics.mean(entry["seconds"])
         per_token = sum(entry["seconds"]) / max(sum(entry["tokens"]), 1.0)
-        summary[(mode, side)] = (seconds, per_token, max(entry["rss"]))
-        print(f"{mode:5s} {side:8s} {seconds:8.2f} {1e3 * per_token:9.1f} {max(entry['rss']):13.0f} "
+        cpu = statistics.mean(entry["cpu"])
+        summary[(mode, side)] = (seconds, per_token, max(entry["rss"]), cpu)
+        print(f"{mode:5s} {side:8s} {seconds:8.2f} {cpu:11.2f} {1e3 * per_token:9.1f} {max(entry['rss']):13.0f} "
               f"{statistics.mean(entry['reward']):12.3f}")
     ratios = {}
     for mode in args.modes.split(","):
         mine, theirs = summary[(mode, "prismrl")], summary[(mode, "trl")]
-        ratios[mode] = {"speed": theirs[0] / mine[0], "speed_per_token": theirs[1] / mine[1],
-                        "peak_rss": mine[2] / theirs[2]}
+        ratios[mode] = {"speed": theirs[0] / mine[0], "cpu_speed": theirs[3] / mine[3],
+                        "speed_per_token": theirs[1] / mine[1], "peak_rss": mine[2] / theirs[2]}
     print(json.dumps({"benchmark": "grpo_vs_trl", "ratios": ratios, "steps": args.steps, "repeats": args.repeats,
                       "threads": args.threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
                       "versions": _versions(args.python), "load_avg": {"min": min(loads), "max": max(loads)}}))

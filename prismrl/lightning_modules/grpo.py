@@ -9,9 +9,11 @@ One training step (a batch of P prompt records, G = group_size):
         L = aggregate_t( -min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A) + beta * KL_k3(pi_theta || pi_ref) )
                   (objective ppo_clip; gspo / gspo_token use the sequence ratio, cispo a clipped detached weight)
         one AdamW step
-pi_old log-probs are recorded once per rollout (only when several optimizer steps reuse it); pi_ref is
-the policy with its LoRA adapters switched off (no second copy of the weights), or a frozen copy
-without LoRA; beta = 0 computes no reference at all. ``trainer.max_steps`` and the learning-rate
+pi_old log-probs are recorded once per rollout (only when several optimizer steps reuse it; with one step
+pi_old = pi_theta detached, equal in value and gradient); pi_ref is the policy with its LoRA adapters switched
+off (no second copy of the weights), or a frozen copy without LoRA; beta = 0 computes no reference at all.
+These no-grad forwards run each group's shared prompt once (``prismrl.policy.shared_prefix``), and the head
+scores completion positions only. ``trainer.max_steps`` and the learning-rate
 schedule count optimizer steps: rollouts x num_iterations x minibatches per rollout.
 """
 
@@ -59,6 +61,7 @@ from prismrl.policy.seeding import (
     prompt_seeds,
     seeded,
 )
+from prismrl.policy.shared_prefix import shared_prefix_logprobs
 from prismrl.policy.token_logprobs import policy_logprobs
 from prismrl.rewards.environments import build_environment
 from prismrl.rewards.functions import RewardScores, build_reward, score_completions
@@ -175,8 +178,9 @@ class GRPOModule(RolloutStageModule):
                                       dynamic_sampling)
 
     def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """[B, T-1] log-probs (and entropies) at the completion positions (0 elsewhere; all positions when packed)."""
         return policy_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,
-                               with_entropy, self.packing, self.rope_index)
+                               with_entropy, self.packing, self.rope_index, positions=batch.loss_mask[:, 1:])
 
     # ----- rollouts -----
     def rollout(self, records: list[PromptRecord], greedy: bool = False) -> tuple[MultimodalBatch, list[str], Any]:
@@ -213,10 +217,17 @@ class GRPOModule(RolloutStageModule):
     def _fixed_logprobs(self, batch: MultimodalBatch, needs_old: bool) -> None:
         """Record pi_old (when several steps reuse the rollout) and pi_ref (when beta > 0) log-probs [B, T-1]."""
         if needs_old:
-            batch.old_logprobs = self._logprobs(self.policy, batch)[0]
+            batch.old_logprobs = self._fixed(self.policy, batch)
         if self.hparams.beta > 0:
             with reference_of(self.policy, self.reference) as reference:
-                batch.ref_logprobs = self._logprobs(reference, batch)[0]
+                batch.ref_logprobs = self._fixed(reference, batch)
+
+    def _fixed(self, model, batch: MultimodalBatch) -> Tensor:
+        """No-grad [B, T-1] log-probs, the prompt run once per group where the batch allows (shared_prefix)."""
+        shared = None if self.packing else shared_prefix_logprobs(model, batch, self.hparams.group_size,
+                                                                  self.sampling.temperature,
+                                                                  self.hparams.logprob_chunk_size)
+        return shared if shared is not None else self._logprobs(model, batch)[0]
 
     def training_step(self, records: list[PromptRecord], batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -280,7 +291,7 @@ class GRPOModule(RolloutStageModule):
             else torch.zeros(()),
             "train/frac_zero_std_groups": (grouped.amax(1) == grouped.amin(1)).float().mean(),
             "train/completion_length": lengths.mean(),
-            "train/tokens_per_s": torch.tensor(float(lengths.sum()) / max(rollout_s, 1e-9)),
+            "train/tokens_per_s": lengths.sum() / max(rollout_s, 1e-9),  # no host sync
             "train/step_seconds": torch.tensor(step_s),
             "train/lr": torch.tensor(self.optimizers().param_groups[0]["lr"]),
         }

@@ -83,8 +83,39 @@ def sample_completions(model, prompt_batch, adapter, sampling: SamplingSettings,
     from prismrl.policy.adapters.base import split_completions
 
     inputs = prompt_batch.model_inputs()
+    inputs.update(shared_prompt_cache(model, prompt_batch))
     out = model.generate(**inputs, **sampling.generate_kwargs(greedy), **adapter.generate_kwargs())  # [B, P + C]
     return split_completions(out, prompt_batch.seq_len, eos_ids)
+
+
+def repeated_rows(input_ids: Tensor) -> int:
+    """g when ``input_ids`` [B, L] is B / g distinct rows, each repeated g times consecutively (else 1)."""
+    rows = input_ids.shape[0]
+    g = int((input_ids == input_ids[:1]).all(1).long().cumprod(0).sum())  # leading copies of row 0
+    if g < 2 or rows % g or not bool((input_ids.view(rows // g, g, -1) == input_ids[::g].unsqueeze(1)).all()):
+        return 1
+    return g
+
+
+@torch.no_grad()
+def shared_prompt_cache(model, prompt_batch) -> dict[str, Any]:
+    """``past_key_values`` for ``generate``: a text batch of repeated prompts (a group rollout) prefills its first
+    L - 1 tokens once per distinct prompt, the cache repeated per copy, with the position ids ``generate`` uses
+    (left padding skipped); {} where the batch has no repeats, images or extra inputs."""
+    if prompt_batch.pixel_values is not None or prompt_batch.position_ids is not None or \
+            prompt_batch.extra_model_kwargs or prompt_batch.seq_len < 2:
+        return {}
+    g = repeated_rows(prompt_batch.input_ids)
+    if g == 1:
+        return {}
+    ids, mask = prompt_batch.input_ids[::g, :-1], prompt_batch.attention_mask[::g, :-1]  # [B / g, L - 1]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as generate: 0 at the first real token
+    cache = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                  logits_to_keep=1).past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return {}
+    cache.batch_repeat_interleave(g)
+    return {"past_key_values": cache}
 
 
 def completion_values(values: list[list[float]], loss_mask: Tensor) -> Tensor:
@@ -181,6 +212,8 @@ class RolloutSettings:
         max_num_seqs: vLLM: sequences decoded at once.
         enforce_eager: vLLM: run eagerly, without CUDA graphs.
         dtype: vLLM weights: "auto" (the policy's dtype), "float32", "bfloat16" or "float16".
+        lora_sync: vLLM with a LoRA policy: "merge" (send W + scale * B @ A after every update) or "adapter"
+            (send the base once, then serve the saved adapters through vLLM's LoRA support).
     """
 
     engine: str = "hf"
@@ -190,6 +223,7 @@ class RolloutSettings:
     max_num_seqs: int = 256
     enforce_eager: bool = True
     dtype: str = "auto"
+    lora_sync: str = "merge"
 
     def __post_init__(self) -> None:
         parse_choice(RolloutEngineKind, self.engine, "rollout.engine")
@@ -203,6 +237,8 @@ class RolloutSettings:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("rollout.dtype: expected one of auto, float32, bfloat16, float16, received "
                              f"{self.dtype!r}")
+        if self.lora_sync not in ("merge", "adapter"):
+            raise ValueError(f"rollout.lora_sync: expected 'merge' or 'adapter', received {self.lora_sync!r}")
 
 
 def build_rollout_engine(settings: RolloutSettings, model, adapter, eos_ids: list[int]) -> RolloutEngine:

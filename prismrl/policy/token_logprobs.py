@@ -92,6 +92,11 @@ def hidden_logprobs_supported(model: nn.Module) -> bool:
     return not _unsupported(model)
 
 
+def hidden_logprobs_checked(model: nn.Module) -> bool:
+    """True once a forward on ``model`` found its head reproduces the model's own logits (and it is supported)."""
+    return hidden_logprobs_supported(model) and model in _VERIFIED
+
+
 def _last_hidden(model: nn.Module, inputs: dict, head: OutputHead) -> Tensor | None:
     """Last hidden states [B, T, H] of one forward; the first call on a model checks the head against the
     model's own last-position logits and returns None (with a warning) when they differ."""
@@ -116,10 +121,13 @@ def _last_hidden(model: nn.Module, inputs: dict, head: OutputHead) -> Tensor | N
 
 def policy_logprobs(
     model, batch, temperature: float = 1.0, chunk_size: int | None = None, with_entropy: bool = False,
-    packing: PackingSettings | None = None, rope_index=None,
+    packing: PackingSettings | None = None, rope_index=None, positions: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``sequence_logprobs`` (same arguments and results: [B, T-1] log-probs, detached entropies) from the
-    last hidden states through the output head in blocks; the full-logits path where unsupported."""
+    last hidden states through the output head in blocks; the full-logits path where unsupported.
+
+    ``positions`` [B, T-1] bool (e.g. ``loss_mask[:, 1:]``; unpacked batches only): the head runs on these
+    positions alone (a GRPO batch's prompt positions are most of the rows) and the others get 0."""
     if _unsupported(model):
         return sequence_logprobs(model, batch, temperature, chunk_size, with_entropy, packing, rope_index)
     head = output_head(model)
@@ -137,11 +145,28 @@ def policy_logprobs(
     hidden = _last_hidden(model, inputs, head)  # [*, T, H]
     if hidden is None:
         return sequence_logprobs(model, batch, temperature, chunk_size, with_entropy, packing, rope_index)
+    if positions is not None and packed is None:
+        return _at_positions(hidden[:, :-1], head, input_ids[:, 1:], positions.bool(), temperature, chunk_size,
+                             with_entropy)
     logprobs, entropy = hidden_token_logprobs(hidden[:, :-1], head.head, input_ids[:, 1:], head.vocab_size,
                                               temperature, chunk_size, with_entropy, head.logit_scale, head.softcap)
     if packed is not None:
         logprobs = packed.unpack_shifted(logprobs)
         entropy = packed.unpack_shifted(entropy) if entropy is not None else None
+    return logprobs, entropy
+
+
+def _at_positions(hidden: Tensor, head: OutputHead, targets: Tensor, positions: Tensor, temperature: float,
+                  chunk_size: int | None, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) [B, T-1] of ``targets`` at ``positions`` [B, T-1] only, 0 elsewhere."""
+    if positions.shape != targets.shape:
+        raise ValueError(f"positions: expected shape {tuple(targets.shape)}, received {tuple(positions.shape)}")
+    rows, tokens = hidden[positions].unsqueeze(0), targets[positions].unsqueeze(0)  # [1, n, H], [1, n]
+    kept, entropy = hidden_token_logprobs(rows, head.head, tokens, head.vocab_size, temperature, chunk_size,
+                                          with_entropy, head.logit_scale, head.softcap)  # [1, n]
+    logprobs = kept.new_zeros(targets.shape).masked_scatter(positions, kept[0])  # [B, T-1]
+    if entropy is not None:
+        entropy = entropy.new_zeros(targets.shape).masked_scatter(positions, entropy[0])
     return logprobs, entropy
 
 
