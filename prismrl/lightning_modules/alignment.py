@@ -20,6 +20,8 @@ audio zero-shot accuracy at the full dim.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +72,7 @@ class AlignmentModule(StageModule):
         audio_tower: optional module mapping (input_features, feature_mask) -> [B, D] whose ``encoder`` has
             ``featurize(waveforms, sampling_rate)`` (e.g. ``EmbeddingTower`` over ``WhisperAudioEncoder``).
         pair_weights: loss weight per pair name ("image_text", "audio_text", "audio_image"); default 1 each.
+        compile_towers: run each tower through ``torch.compile`` (in place; the state dict keeps its keys).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class AlignmentModule(StageModule):
         zero_shot_templates: list[str] | None = None,
         audio_tower: nn.Module | None = None,
         pair_weights: dict[str, float] | None = None,
+        compile_towers: bool = False,
     ) -> None:
         super().__init__()
         # Under LightningCLI (and load_from_checkpoint of its checkpoints) the towers are saved as their
@@ -141,6 +145,10 @@ class AlignmentModule(StageModule):
         self.class_names = class_names
         self.zero_shot_templates = zero_shot_templates
         self._val_outputs: list[dict[str, torch.Tensor]] = []
+        if compile_towers:
+            for tower in (image_tower, text_tower, audio_tower):
+                if tower is not None:
+                    tower.compile()
 
     # ----- embedding API (used by callbacks, notebooks, predict) -----
     def embed_images(self, pixel_values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -196,6 +204,8 @@ class AlignmentModule(StageModule):
         features, presence = self._features(batch, captions)
         out = multimodal_contrastive_loss(features, self._pair_losses(), presence, self.pair_weights)
         self.log("train/loss", out.total, prog_bar=True, batch_size=len(batch))
+        if not self._logging_step():  # each self.log costs about 1 ms of CPU; loggers keep only logging steps
+            return out.total
         for pair, loss in self._pair_losses().items():  # image-text keeps the bi-modal names, other pairs a prefix
             tag, part = ("train/" if pair == IMAGE_TEXT else f"train/{pair_name(pair)}/"), out.pairs[pair]
             values = {"loss_full": part.full, "temperature": loss.base_loss.temperature}
@@ -204,6 +214,19 @@ class AlignmentModule(StageModule):
                 values.update({"loss_mrl": part.mrl, **{f"loss_d{d}": v for d, v in part.per_dim.items()}})
             self.log_dict({tag + name: value for name, value in values.items()}, batch_size=len(batch))
         return out.total
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Move an ImageTextBatch field by field (Lightning's generic path deep-copies the dataclass every step)."""
+        if not isinstance(batch, ImageTextBatch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        moved = {name: value.to(device, non_blocking=True) for name, value in vars(batch).items()
+                 if isinstance(value, torch.Tensor) and value.device != device}
+        return dataclasses.replace(batch, **moved) if moved else batch
+
+    def _logging_step(self) -> bool:
+        """Whether this training step's values reach the loggers (every ``log_every_n_steps``)."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     # ----- evaluation -----
     def validation_step(self, batch: ImageTextBatch, batch_idx: int) -> None:
@@ -219,7 +242,8 @@ class AlignmentModule(StageModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: ImageTextBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        out = {"image": self.embed_images(batch.pixel_values), "text": self.embed_texts(batch.captions), "labels": batch.labels}
+        out = {"image": self.embed_images(batch.pixel_values), "text": self.embed_texts(batch.captions),
+               "caption": list(batch.captions), "labels": batch.labels}
         if self.audio_tower is not None and batch.has_audio:
             out["audio"] = self.embed_audio(unpad_waveforms(batch.audio, batch.audio_lengths))
             out["audio_mask"] = batch.audio_mask
