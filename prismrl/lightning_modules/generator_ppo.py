@@ -5,8 +5,9 @@ One training step = one PPO iteration over a batch of B generation requests (cla
     x_i ~ pi_old(.|prompt_i)                                                (a RolloutEngine: HF generate)
     (text_i, status_i) = parse(x_i)                                         (failures counted, penalized)
     R_i       = ClassifierReward(texts, y, valid)   reset + train k steps + golden eval + distances, normalized
+                                                    (over every rank's generations: prismrl.rewards.distributed)
     r_t       = -kl_coef * KL(pi_old || pi_ref)_t, + R_i at the last completion token
-    A, G      = GAE(r, V_old, gamma, lam), A whitened over the batch's completion tokens
+    A, G      = GAE(r, V_old, gamma, lam), A whitened over the completion tokens of every rank
     for epoch in 1..ppo_epochs, for each minibatch:  L = PPO-clip(A) + value_coef * clipped value loss(G)
 pi_ref is the policy with its LoRA adapters switched off, or a frozen copy without LoRA; V is a linear value
 head on the policy's last hidden states. Optimizer steps (``trainer.global_step``) per iteration =
@@ -61,6 +62,7 @@ from prismrl.policy.rollout import (
     eos_token_ids,
     minibatches,
 )
+from prismrl.policy.seeding import derive_seed, seeded
 from prismrl.policy.token_logprobs import policy_logprobs_and_values
 from prismrl.rewards.classifier import (
     ClassifierReward,
@@ -68,8 +70,14 @@ from prismrl.rewards.classifier import (
     RewardResult,
     RewardWeights,
 )
+from prismrl.rewards.distributed import (
+    global_classifier_reward,
+    run_seed,
+    token_share,
+    whiten_global,
+)
 from prismrl.rewards.icl_sampler import ICLSampler, ICLStrategy, parse_strategy
-from prismrl.rl.advantages import gae, masked_mean, whiten
+from prismrl.rl.advantages import gae, masked_mean
 from prismrl.rl.importance import logprob_mismatch, truncated_importance_weights
 from prismrl.rl.kl import KLEstimator, kl_penalty
 from prismrl.rl.ppo import (
@@ -180,6 +188,8 @@ class GeneratorPPOModule(RolloutStageModule):
         self.template = load_prompt_template(prompt_template)
         self.classifier = classifier
         self.unsharded_children = ("classifier",)  # FSDP2: each rank resets and retrains it inside the reward
+        self._ddp_params_and_buffers_to_ignore = [  # DDP: trained inside the reward, outside the PPO loss
+            f"classifier.{n}" for n, _ in [*classifier.named_parameters(), *classifier.named_buffers()]]
         self.classifier_start = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         self.policy, self.tokenizer = build_policy(policy)
         if not issubclass(adapter_class_for(self.policy), CausalLMAdapter):
@@ -253,7 +263,9 @@ class GeneratorPPOModule(RolloutStageModule):
         self.rollout_engine.take_logprobs()  # drop any left from an interrupted step
         prompts, completions, report = self.generate_examples(labels, batch["request_id"].tolist())
         engine_logprobs = self.rollout_engine.take_logprobs()  # the engine's own, per sampled row (vllm)
-        result = self.reward_fn([item.text for item in report.items], labels, report.valid, self.reward_normalizer)
+        with seeded(derive_seed(run_seed(), self.global_step, "classifier"), self.device):  # the same on every rank
+            result = global_classifier_reward(self.reward_fn, [item.text for item in report.items], labels,
+                                              report.valid, self.reward_normalizer)
         rollout = self.adapter.append_completions(prompts.to("cpu"), completions).to(self.device)
         mask = rollout.loss_mask[:, 1:].float()  # [B, T-1] completion tokens
         with torch.no_grad():
@@ -264,7 +276,7 @@ class GeneratorPPOModule(RolloutStageModule):
             rewards = sequence_end_rewards(result.rewards.to(self.device, old_values.dtype), kl, mask, hp.kl_coef)
             advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # [B, T-1]
             if hp.whiten_advantages:
-                advantages = whiten(advantages, mask)
+                advantages = whiten_global(advantages, mask)
             check_finite("the rewards", rewards, self.global_step)
             check_finite("the advantages", advantages, self.global_step)
             engine_stats = {}
@@ -285,7 +297,7 @@ class GeneratorPPOModule(RolloutStageModule):
                 logprobs, values = self._forward(self.policy, self.value_head, sub)
                 loss, step_stats = ppo_loss(logprobs, values, old_logprobs[rows], old_values[rows], advantages[rows],
                                             returns[rows], mask[rows], hp.clip_range, hp.value_clip_range, hp.value_coef)
-                self.manual_optimizer_step(loss, optimizer)
+                self.manual_optimizer_step(loss * token_share(mask[rows]), optimizer)  # global token mean
                 scheduler.step()
                 stats.append({"loss": loss.detach(), **step_stats, **engine_stats})
         self.rollout_engine.sync_weights(self.policy)
@@ -315,11 +327,11 @@ class GeneratorPPOModule(RolloutStageModule):
             logged[f"train/{key}"] = torch.stack([s[key].float() for s in stats]).mean()
         finite = {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in logged.items()}
         finite = {k: v for k, v in finite.items() if torch.isfinite(v)}  # e.g. silhouette of a one-class batch
-        self.log_dict(finite, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log_dict(finite, on_step=True, on_epoch=False, batch_size=batch_size, sync_dist=True)  # rank means
         self.log("golden/accuracy", result.golden_accuracy, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch_size)
         self.log("reward/mean", result.rewards.mean().to(self.device), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch_size)
+                 batch_size=batch_size, sync_dist=True)
 
     # ----- Lightning plumbing -----
     def rebuilt_frozen_children(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Masked LM under FSDP2 on 2 CPU processes vs 1 process on the same global batch, and the world-size resume guard.
+"""Masked LM under DDP and FSDP2 on 2 CPU processes vs 1 process on the same global batch, and the world-size resume guard.
 
 A 16-line corpus with one optimizer step per epoch (batch 16 in one process, 8 per rank in two), so both runs see
 the same texts at every step (the sampler's epoch order is shared; ranks take contiguous halves); each text gets
@@ -48,18 +48,21 @@ def _args(workdir: Path, corpus: Path, devices: int, *extra: str) -> list[str]:
             "--data.init_args.pad_to_multiple_of", "48", "--data.init_args.loader.batch_size", str(16 // devices), *extra]
 
 
-_RUNS: dict[int, Path] = {}
+_RUNS: dict[str, Path] = {}
 
 
-def _run(tmp: Path, corpus: Path, devices: int) -> Path:
-    """1 process (plain) or 2 processes under FSDP2 with activation checkpointing from the sharding argument."""
-    if devices not in _RUNS:
-        workdir = tmp / f"devices{devices}"
-        sharded = ["--trainer.strategy", FSDP2 % devices, "--model.init_args.sharding",
-                   '{"activation_checkpointing": true}'] if devices > 1 else []
+def _run(tmp: Path, corpus: Path, strategy: str | None) -> Path:
+    """1 process (strategy None), 2 DDP processes, or 2 FSDP2 processes with activation checkpointing from the
+    sharding argument; cached per strategy."""
+    key = strategy or "one"
+    if key not in _RUNS:
+        workdir, devices = tmp / key, 2 if strategy else 1
+        sharded = {"ddp": ["--trainer.strategy", "ddp"],
+                   "fsdp2": ["--trainer.strategy", FSDP2 % devices, "--model.init_args.sharding",
+                             '{"activation_checkpointing": true}']}.get(key, [])
         fit(TINY, workdir, *_args(workdir, corpus, devices, *sharded))
-        _RUNS[devices] = workdir
-    return _RUNS[devices]
+        _RUNS[key] = workdir
+    return _RUNS[key]
 
 
 def _losses(workdir: Path) -> dict[int, float]:
@@ -68,10 +71,16 @@ def _losses(workdir: Path) -> dict[int, float]:
     return metric_rows(files[0], "train/loss")
 
 
+@pytest.fixture(scope="module")
+def tmp_runs(tmp_path_factory):
+    yield tmp_path_factory.mktemp("mlm")
+    _RUNS.clear()
+
+
 @pytest.mark.slow
-def test_fsdp2_two_ranks_match_one_process(tmp_path_factory, corpus):
-    tmp = tmp_path_factory.mktemp("mlm")
-    one, two = _run(tmp, corpus, 1), _run(tmp, corpus, 2)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_ranks_match_one_process(tmp_runs, corpus, strategy):
+    one, two = _run(tmp_runs, corpus, None), _run(tmp_runs, corpus, strategy)
     losses_one, losses_two = _losses(one), _losses(two)
     assert len(losses_one) == STEPS and losses_one.keys() == losses_two.keys()
     loss_gap = max(abs(losses_one[s] - losses_two[s]) for s in losses_one)
@@ -79,7 +88,7 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path_factory, corpus):
     weights_two = load_file(str(two / "export/model.safetensors"))
     assert weights_one.keys() == weights_two.keys()
     weight_gap = max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one)
-    print("masked lm fsdp2 vs 1 process:", {s: (losses_one[s], losses_two[s]) for s in losses_one},
+    print(f"masked lm {strategy} vs 1 process:", {s: (losses_one[s], losses_two[s]) for s in losses_one},
           "max loss gap", loss_gap, "max weight gap", weight_gap)
     assert losses_one[0] != losses_one[STEPS - 1]  # it trained
     assert loss_gap < 1e-5
@@ -87,9 +96,9 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path_factory, corpus):
 
 
 @pytest.mark.slow
-def test_resuming_under_another_world_size_is_refused_before_training(tmp_path_factory, corpus):
-    tmp = tmp_path_factory.mktemp("mlm")
-    two = _run(tmp, corpus, 2)
+def test_resuming_under_another_world_size_is_refused_before_training(tmp_runs, corpus):
+    tmp = tmp_runs
+    two = _run(tmp, corpus, "fsdp2")
     checkpoint = two / "steps/step=2.ckpt"
     assert checkpoint.is_dir(), sorted(p.name for p in (two / "steps").iterdir())
     workdir = tmp / "resume1"

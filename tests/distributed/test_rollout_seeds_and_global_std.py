@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from dist_workers import spawn_gloo
 from PIL import Image
 
 from prismrl.policy.seeding import derive_seed, prompt_key, prompt_seeds, seeded
@@ -49,24 +46,16 @@ def test_prompt_seeds_follow_content_not_position_and_split_duplicates():
     assert dup[0] != dup[1] and dup[0] == prompt_seeds(0, 5, [a])[0]
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
-    try:
-        local = REWARDS[:8] if rank == 0 else REWARDS[8:]  # uneven shares: 8 and 4 rewards
-        std = global_std(local)
-        adv = group_normalized_advantages(local, 4, AdvantageScaling.BATCH_STD, batch_std=std)
-        torch.save({"std": std, "adv": adv, "local_adv": group_normalized_advantages(local, 4, AdvantageScaling.BATCH_STD)},
-                   Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # skip interpreter teardown: gloo threads can abort a finished worker at exit
+def _worker(rank: int, out_dir: str) -> None:
+    local = REWARDS[:8] if rank == 0 else REWARDS[8:]  # uneven shares: 8 and 4 rewards
+    std = global_std(local)
+    adv = group_normalized_advantages(local, 4, AdvantageScaling.BATCH_STD, batch_std=std)
+    torch.save({"std": std, "adv": adv, "local_adv": group_normalized_advantages(local, 4, AdvantageScaling.BATCH_STD)},
+               Path(out_dir) / f"rank{rank}.pt")
 
 
 def test_global_std_pools_every_rank_and_batch_std_advantages_match_one_process(tmp_path):
-    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn_gloo(_worker, tmp_path, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     expected = group_normalized_advantages(REWARDS, 4, AdvantageScaling.BATCH_STD)
     for r in ranks:
