@@ -1,4 +1,4 @@
-"""TensorBoard and CSV loggers whose folder the ``prismrl`` CLI chooses (``save_dir`` optional).
+"""TensorBoard, CSV and WandB loggers whose folder the ``prismrl`` CLI chooses (``save_dir`` optional).
 
 The CLI points both at the run's ``version_N`` folder (see ``prismrl.cli``). ``CSVLogger`` keeps an existing
 ``metrics.csv`` and appends to it, so a resumed run keeps its history, and it does not warn about the other files
@@ -48,3 +48,20 @@ class CSVLogger(loggers.CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(loggers.WandbLogger):
+    """``lightning.pytorch.loggers.WandbLogger`` that writes under the run folder the CLI picks (``save_dir``
+    optional: ``<run dir>/wandb/``), offline unless ``offline: false`` (``wandb sync`` uploads it later). The run's
+    display name defaults to ``<run name>/<version_N>``; its id is a fresh one unless ``id`` is given, so runs of
+    different run folders never share one."""
+
+    def __init__(self, save_dir: str | None = None, name: str | None = None, version: str | None = None,
+                 offline: bool = True, project: str = "prismrl", **kwargs: Any) -> None:
+        from pathlib import Path
+
+        root = Path(save_dir) if save_dir is not None else Path(".")
+        if not name and version:  # the CLI's run layout: save_dir = <run dir>, version = version_N
+            name = f"{root.resolve().name}/{version}"
+        root.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temporary folder when it is missing
+        super().__init__(name=name or None, save_dir=str(root), offline=offline, project=project, **kwargs)

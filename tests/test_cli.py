@@ -224,6 +224,13 @@ def test_a_verb_the_stage_lacks_is_named_with_the_verbs_it_has(repo_root, tmp_pa
     model = MaskedLMModule.__new__(MaskedLMModule)  # only its class matters: no weights are built
     with pytest.raises(ValueError, match=r"prismrl test: stage MaskedLMModule supports fit, validate; it has no test_step"):
         prepare_evaluation_verb("test", model, None, None)
+    from prismrl.lightning_modules.generator_ppo import GeneratorPPOModule
+    from prismrl.lightning_modules.grpo import GRPOModule
+
+    for stage in (GRPOModule, GeneratorPPOModule):  # rollout stages predict completions; they have no test metrics
+        assert supported_verbs(stage.__new__(stage)) == ["fit", "validate", "predict"]
+        with pytest.raises(ValueError, match=rf"prismrl test: stage {stage.__name__} supports fit, validate, predict;"):
+            prepare_evaluation_verb("test", stage.__new__(stage), None, None)
 
 
 def test_a_checkpoint_save_killed_midway_leaves_the_previous_file_and_a_partial_one(tmp_path):

@@ -24,7 +24,8 @@ def supported_verbs(model: Any) -> list[str]:
 
 def prepare_evaluation_verb(verb: str, model: Any, datamodule: Any, trainer: Any) -> None:
     """``test``/``predict``: a clear error when the stage has no ``<verb>_step``; the validation set when the
-    datamodule has no ``<verb>_dataloader``; predictions written to ``<log dir>/predictions.pt``."""
+    datamodule has no ``<verb>_dataloader``; predictions written to ``<log dir>/predictions.pt`` and, one row per
+    example, ``<log dir>/predictions.parquet`` (unless the trainer has its own prediction writer)."""
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -43,7 +44,9 @@ def prepare_evaluation_verb(verb: str, model: Any, datamodule: Any, trainer: Any
 
         setattr(datamodule, loader, validation_set)
     if verb == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
-        trainer.callbacks.append(PredictionFileWriter())
+        from prismrl.callbacks.prediction_writer import ParquetPredictionWriter
+
+        trainer.callbacks.extend([PredictionFileWriter(), ParquetPredictionWriter()])
 
 
 def _plain_loader(loader: Any) -> Any:

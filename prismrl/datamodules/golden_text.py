@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from prismrl.choices import check_positive_int
 from prismrl.data.golden_text import (
@@ -121,3 +121,10 @@ class GoldenTextDataModule(LightningDataModule):
         )
         collate.sampler = loader.sampler
         return loader
+
+    def predict_dataloader(self) -> DataLoader:
+        """``prismrl predict``: one epoch of requests (classes in turn, request ids 0..N-1), in order."""
+        self.setup("predict")
+        size = self.loader.batch_size * self.hparams.iterations_per_epoch
+        return DataLoader(GenerationRequests(size, self.train_set.num_classes), batch_size=self.loader.batch_size,
+                          shuffle=False, collate_fn=RequestCollator(size))

@@ -29,6 +29,7 @@ from prismrl.backbones.aligned_towers import load_aligned_encoders
 from prismrl.backbones.fusion import CrossModalFusion
 from prismrl.backbones.masked_lm import load_dap_encoder_into
 from prismrl.choices import check_positive_int, parse_choice
+from prismrl.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from prismrl.lightning_modules.plumbing import StageModule, built_from_config
 from prismrl.optim import OptimizerSettings, encoder_head_adamw
 from prismrl.rl.actor_critic import (
@@ -100,6 +101,7 @@ class ActorCriticModule(StageModule):
             use; text_encoder_checkpoint, when given, supplies the text encoder instead). Every shape is checked.
         optimizer: AdamW (heads at ``lr``, encoders in their own groups at ``encoder_lr``; no decay on biases and
             norms) + per-step warmup-cosine.
+        class_names: names of the classes, reported by ``predict`` (default: the datamodule's ``class_names``).
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class ActorCriticModule(StageModule):
         text_encoder_checkpoint: str | None = None,
         alignment_checkpoint: str | None = None,
         optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3, encoder_lr=1e-5, weight_decay=0.01, warmup_ratio=0.1),
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["text_encoder", "vision_encoder"])
@@ -159,6 +162,9 @@ class ActorCriticModule(StageModule):
             fusion_dim, fusion_heads, fusion_layers, dropout,
         )
         self.num_classes, self.num_actions = num_classes, num_actions or num_classes
+        if class_names is not None and len(class_names) != (num_classes or self.num_actions):
+            raise ValueError(f"class_names: expected {num_classes or self.num_actions} names, received {len(class_names)}")
+        self.class_names = list(class_names) if class_names is not None else None
         self.head = ActorCriticHead(fusion_dim, self.num_actions)
         self.classifier = nn.Sequential(nn.LayerNorm(fusion_dim), nn.Linear(fusion_dim, num_classes)) if num_classes else None
         self.mode = mode
@@ -284,11 +290,48 @@ class ActorCriticModule(StageModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Per row: greedy ``actions`` [B], ``values`` [B], ``policy_probs`` [B, A]; with a classifier ``classes`` [B]
+        (argmax) and ``class_probs`` [B, C]; the batch's ``labels`` when it has them."""
         out, class_logits = self(batch, greedy=True, logged_actions=False)
         result = {"actions": out.actions, "values": out.values, "policy_probs": out.logits.softmax(-1)}
         if class_logits is not None:
-            result["class_probs"] = class_logits.softmax(-1)
+            result.update(classes=class_logits.argmax(-1), class_probs=class_logits.softmax(-1))
+        if (labels := _field(batch, "labels")) is not None:
+            result["labels"] = labels
         return result
+
+    @torch.no_grad()
+    def predict(self, texts: list[str] | None = None, images: list | None = None, image_size: int | None = None,
+                image_mean: tuple[float, ...] = IMAGENET_MEAN, image_std: tuple[float, ...] = IMAGENET_STD
+                ) -> list[dict[str, Any]]:
+        """Class and action with probabilities for raw inputs ``texts[i]`` + ``images[i]`` (PIL images or encoded
+        bytes, resized to ``image_size`` (default: the vision encoder's ``config.image_size``) and normalized
+        x = (pixel / 255 - mean) / std, as the datamodules do). One dict per input: action, action_probs, value and,
+        with a classifier, class_id, class (its name when ``class_names`` is known) and class_probs."""
+        batch: dict[str, Any] = {"captions": list(texts) if texts is not None else None}
+        if self.vision_encoder is not None:
+            size = image_size or getattr(getattr(self.vision_encoder, "config", None), "image_size", None)
+            if not isinstance(size, int) or not images:
+                raise ValueError(f"images / image_size: expected a non-empty list of images and an int image_size, "
+                                 f"received {type(images).__name__} and {size!r}")
+            transform = ImageTransform(size, image_mean, image_std)
+            pixels = torch.stack([transform(image, where=f"images[{i}]") for i, image in enumerate(images)])
+            batch["pixel_values"] = pixels.to(self.device, next(self.vision_encoder.parameters()).dtype)
+        if texts is not None and images is not None and len(texts) != len(images):
+            raise ValueError(f"texts: expected one text per image ({len(images)}), received {len(texts)}")
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.predict_step(batch, 0)
+        finally:
+            self.train(was_training)
+        results = [{"action": int(a), "action_probs": p.tolist(), "value": float(v)}
+                   for a, p, v in zip(out["actions"], out["policy_probs"].float(), out["values"].float())]
+        for i, row in enumerate(results if "classes" in out else []):
+            class_id = int(out["classes"][i])
+            row.update(class_id=class_id, class_probs=out["class_probs"][i].float().tolist(),
+                       **{"class": self.class_names[class_id] if self.class_names else class_id})
+        return results
 
     def configure_optimizers(self):
         encoders = {id(p) for enc in (self.text_encoder, self.vision_encoder) if enc is not None for p in enc.parameters()}

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from lightning import LightningModule, Trainer
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -33,6 +34,7 @@ import prismrl
 from prismrl.backbones.sharding import ShardingSettings
 from prismrl.callbacks.numerical_guard import NumericalGuard
 from prismrl.optim import OptimizerSettings
+from prismrl.policy.completion_prediction import CompletionPrediction
 from prismrl.policy.rollout import RolloutEngine, build_rollout_engine
 
 CHECKPOINT_KEY = "prismrl"
@@ -275,13 +277,24 @@ class StageModule(LightningModule):
 
     def manual_optimizer_step(self, loss: Tensor, optimizer: Optimizer, max_grad_norm: float | None = None) -> None:
         """zero_grad, backward (precision- and strategy-aware), clip the global norm to ``max_grad_norm``
-        (default ``optimizer_settings.max_grad_norm``; None = no clipping), step."""
+        (default ``optimizer_settings.max_grad_norm``; None = no clipping), step. Through Lightning's optimizer
+        the clipping runs in ``on_before_optimizer_step``, which the precision plugin calls after it unscales
+        fp16 gradients (``16-mixed``'s GradScaler), so the norm is that of the true gradients."""
         max_grad_norm = self.optimizer_settings.max_grad_norm if max_grad_norm is None else max_grad_norm
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if max_grad_norm:
+        if max_grad_norm and not isinstance(optimizer, LightningOptimizer):  # no precision plugin in between
             self._clip(optimizer, max_grad_norm, "norm")
-        optimizer.step()
+            max_grad_norm = None
+        self._pending_clip = max_grad_norm or None
+        try:
+            optimizer.step()
+        finally:
+            self._pending_clip = None
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if getattr(self, "_pending_clip", None):  # a manual step's clipping, on unscaled gradients
+            self._clip(optimizer, self._pending_clip, "norm")
 
     def manual_optimizer_steps(self, passes: int, minibatch_size: int | None, rows_per_sample: int = 1) -> int:
         """Optimizer steps of a manual-optimization fit, to size the schedule: ``trainer.max_steps`` when set, else
@@ -297,9 +310,10 @@ class StageModule(LightningModule):
         return max(1, batches * passes * per_batch)
 
 
-class RolloutStageModule(StageModule):
+class RolloutStageModule(CompletionPrediction, StageModule):
     """A stage that samples rollouts from its policy: ``rollout_engine`` is built from ``rollout_settings``,
-    ``policy``, ``adapter`` and ``eos_ids`` on first use, once per module (``prismrl.policy.rollout``)."""
+    ``policy``, ``adapter`` and ``eos_ids`` on first use, once per module (``prismrl.policy.rollout``);
+    ``predict_step`` writes completions for prompts (``prismrl.policy.completion_prediction``)."""
 
     _engine: RolloutEngine | None = None
 
