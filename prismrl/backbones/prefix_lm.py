@@ -4,7 +4,9 @@ Sequence: inputs_embeds = [prefix ``[B, P, H]`` ; Embed(prompt ++ answer ++ EOS 
 ``cumsum(attention_mask) - 1``. Loss: next-token cross-entropy on the answer tokens only
 (``prismrl.backbones.answer_masking.prefix_lm_inputs``); the LM head runs only on those positions, so no [B, T, V]
 logits tensor is built in training. ``generate`` is greedy with a KV cache: prompts are left-padded between the
-prefix and the prompt (padding masked out), so all rows step together.
+prefix and the prompt (padding masked out), so all rows step together. An optional ``prefix_mask [B, P]`` (False =
+a prefix position the row does not have, e.g. the audio tokens of a sample without a clip) masks those positions
+out of attention and out of the position count, so the row is computed as if they were absent.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def _load_lm(model_name_or_path: str | None, tiny_config: dict | None, torch_dty
     tokenizer = load_smollm2_tokenizer()
     return load_causal_lm(config=tiny_llama_config(tokenizer, **overrides), tokenizer=tokenizer,
                           torch_dtype=torch_dtype, attn_implementation=attn_implementation, quantization=quantization)
+
+
+def masked_prefix(attention_mask: Tensor, prefix: Tensor, prefix_mask: Tensor | None) -> Tensor:
+    """``attention_mask [B, P + T]`` with its first P columns set to ``prefix_mask [B, P]`` (None = unchanged)."""
+    if prefix_mask is None:
+        return attention_mask
+    if prefix_mask.shape != prefix.shape[:2]:
+        raise ValueError(f"prefix_mask: expected shape {tuple(prefix.shape[:2])} (the prefix's [B, P]), received "
+                         f"{tuple(prefix_mask.shape)}")
+    attention_mask = attention_mask.clone()
+    attention_mask[:, : prefix.shape[1]] = prefix_mask.to(attention_mask.device, attention_mask.dtype)
+    return attention_mask
 
 
 class PrefixLMDecoder(nn.Module):
@@ -120,12 +134,13 @@ class PrefixLMDecoder(nn.Module):
         questions = check_texts(questions, "questions", prefix.shape[0])
         return text_ids(self.tokenizer, [self.prompt_template.format(question=q) for q in questions])
 
-    def forward(self, prefix: Tensor, questions: Sequence[str], answers: Sequence[str]) -> AnswerDecoderOutput:
+    def forward(self, prefix: Tensor, questions: Sequence[str], answers: Sequence[str],
+                prefix_mask: Tensor | None = None) -> AnswerDecoderOutput:
         """Loss on the answer tokens; logits ``[N, V]`` and labels ``[N]`` at the N answer positions."""
         prompts = self._prompts(prefix, questions)
         answers = answer_ids(self.tokenizer, check_texts(answers, "answers", prefix.shape[0]), self.answer_template)
         inputs = prefix_lm_inputs(prompts, answers, prefix.shape[1], self.max_length, self.pad_id)
-        mask = inputs.attention_mask.to(prefix.device)  # [B, S]
+        mask = masked_prefix(inputs.attention_mask.to(prefix.device), prefix, prefix_mask)  # [B, S]
         lm = self._causal_lm()
         hidden = lm.get_decoder()(inputs_embeds=self._embed(prefix, inputs.input_ids), attention_mask=mask,
                                   position_ids=positions_from_mask(mask)).last_hidden_state  # [B, S, H]
@@ -136,11 +151,12 @@ class PrefixLMDecoder(nn.Module):
         return AnswerDecoderOutput(F.cross_entropy(logits.float(), labels), logits, labels)
 
     @torch.no_grad()
-    def generate(self, prefix: Tensor, questions: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
+    def generate(self, prefix: Tensor, questions: Sequence[str], max_new_tokens: int | None = None,
+                 prefix_mask: Tensor | None = None) -> list[str]:
         """Greedy answers (stop at EOS or after ``max_new_tokens``)."""
         prompts = self._prompts(prefix, questions)
         input_ids, mask = left_padded_prompts(prompts, prefix.shape[1], self.pad_id)
-        mask = mask.to(prefix.device)  # [B, S]
+        mask = masked_prefix(mask.to(prefix.device), prefix, prefix_mask)  # [B, S]
         positions = positions_from_mask(mask)
         embeds = self._embed(prefix, input_ids)
         eos = self.tokenizer.eos_token_id
@@ -172,4 +188,4 @@ class PrefixLMDecoder(nn.Module):
         self.tokenizer.save_pretrained(folder)
 
 
-__all__ = ["PrefixLMDecoder"]
+__all__ = ["PrefixLMDecoder", "masked_prefix"]

@@ -36,7 +36,7 @@ from prismrl.backbones.answer_decoder import (
     load_text_tokenizer,
     text_ids,
 )
-from prismrl.backbones.answer_masking import IGNORE_INDEX, slot_labels
+from prismrl.backbones.answer_masking import IGNORE_INDEX, positions_from_mask, slot_labels
 from prismrl.backbones.resampler import PerceiverAttention
 from prismrl.choices import check_positive_int
 
@@ -141,8 +141,10 @@ class RecursiveDecoder(nn.Module):
         self.register_buffer("output_index", lookup, persistent=False)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, len(outputs)))
 
-    def context(self, prefix: Tensor, questions: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """(x ``[B, P + Q, dim]``, mask ``[B, P + Q]`` bool) from the prefix and the tokenized questions."""
+    def context(self, prefix: Tensor, questions: Sequence[str], prefix_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x ``[B, P + Q, dim]``, mask ``[B, P + Q]`` bool) from the prefix and the tokenized questions; positions
+        count only kept tokens (``cumsum(mask) - 1``), so prefix positions masked out by ``prefix_mask [B, P]``
+        (False = absent) leave the row as if they were not there."""
         if prefix.dim() != 3 or prefix.shape[-1] != self.hidden_size or prefix.shape[1] > self.max_prefix_length:
             raise ValueError(f"prefix: expected shape [B, P <= {self.max_prefix_length}, {self.hidden_size}], "
                              f"received {tuple(prefix.shape)}")
@@ -154,14 +156,17 @@ class RecursiveDecoder(nn.Module):
         for i, q in enumerate(ids):
             tokens[i, : len(q)], real[i, : len(q)] = torch.tensor(q), True
         tokens, real = tokens.to(prefix.device), real.to(prefix.device)
+        if prefix_mask is not None and prefix_mask.shape != prefix.shape[:2]:
+            raise ValueError(f"prefix_mask: expected shape {tuple(prefix.shape[:2])}, received {tuple(prefix_mask.shape)}")
+        kept = real.new_ones(prefix.shape[:2]) if prefix_mask is None else prefix_mask.to(real.device, torch.bool)
+        mask = torch.cat([kept, real], dim=1)  # [B, P + Q]
         x = torch.cat([prefix, self.embed_tokens(tokens)], dim=1)  # [B, P + Q, D]
-        x = x + self.position[: x.shape[1]]
-        mask = torch.cat([real.new_ones(prefix.shape[:2]), real], dim=1)  # [B, P + Q]
+        x = x + self.position[positions_from_mask(mask)]  # = position[:P + Q] when nothing is masked before the end
         return x, mask
 
-    def step_logits(self, prefix: Tensor, questions: Sequence[str]) -> list[Tensor]:
+    def step_logits(self, prefix: Tensor, questions: Sequence[str], prefix_mask: Tensor | None = None) -> list[Tensor]:
         """Answer-slot logits ``[B, La, K]`` of every supervision step (K = head outputs, see ``output_ids``)."""
-        x, mask = self.context(prefix, questions)
+        x, mask = self.context(prefix, questions, prefix_mask)
         return [self.head(y) for y in self.reasoner(x, mask)]
 
     def labels(self, answers: Sequence[str], batch_size: int) -> Tensor:
@@ -175,16 +180,18 @@ class RecursiveDecoder(nn.Module):
             raise ValueError(f"answers: answer {answers[row]!r} (sample {row}) has a token outside answer_vocabulary")
         return index
 
-    def forward(self, prefix: Tensor, questions: Sequence[str], answers: Sequence[str]) -> AnswerDecoderOutput:
+    def forward(self, prefix: Tensor, questions: Sequence[str], answers: Sequence[str],
+                prefix_mask: Tensor | None = None) -> AnswerDecoderOutput:
         labels = self.labels(answers, prefix.shape[0]).to(prefix.device)  # [B, La]
-        steps = self.step_logits(prefix, questions)
+        steps = self.step_logits(prefix, questions, prefix_mask)
         losses = [F.cross_entropy(s.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX) for s in steps]
         return AnswerDecoderOutput(loss=torch.stack(losses).mean(), logits=steps[-1], labels=labels)
 
     @torch.no_grad()
-    def generate(self, prefix: Tensor, questions: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
+    def generate(self, prefix: Tensor, questions: Sequence[str], max_new_tokens: int | None = None,
+                 prefix_mask: Tensor | None = None) -> list[str]:
         """Greedy answers: argmax per slot of the last supervision step, cut at the first EOS."""
-        ids = self.output_ids[self.step_logits(prefix, questions)[-1].argmax(-1)]  # [B, La] token ids
+        ids = self.output_ids[self.step_logits(prefix, questions, prefix_mask)[-1].argmax(-1)]  # [B, La] token ids
         return decode_answers(self.tokenizer, ids[:, : max_new_tokens or self.answer_length].tolist())
 
 

@@ -8,6 +8,7 @@ from prismrl.datamodules.parquet import ParquetDataModule
 from prismrl.datamodules.prompts import PromptDataModule
 from prismrl.datamodules.text_corpus import TextCorpusDataModule
 from prismrl.datamodules.trimodal_digits import TriModalDigitsDataModule
+from prismrl.datamodules.trimodal_qa import TriModalQADataModule
 from prismrl.datamodules.webdataset import WebDataModule
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "PromptDataModule",
     "TextCorpusDataModule",
     "TriModalDigitsDataModule",
+    "TriModalQADataModule",
     "WebDataModule",
 ]

@@ -36,6 +36,8 @@ class ParquetQADataModule(LightningDataModule):
         answer_column: column of answer strings.
         question_type_column: optional column of question types, for per-type metrics (None = not read).
         label_column: optional int label column (None = not read).
+        audio_column: optional column of WAV bytes (null = no clip) spoken with the question (None = not read);
+            batches then carry ``audio`` / ``audio_lengths``.
         loader: batch sizes, DataLoader workers and pinned memory (``LoaderSettings``).
         image_size: side of the square images fed to the model, in pixels.
         image_mean: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's by default).
@@ -53,6 +55,7 @@ class ParquetQADataModule(LightningDataModule):
         answer_column: str = "answer",
         question_type_column: str | None = None,
         label_column: str | None = None,
+        audio_column: str | None = None,
         loader: LoaderSettings = LoaderSettings(batch_size=32),
         image_size: int = 224,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -64,7 +67,8 @@ class ParquetQADataModule(LightningDataModule):
         check_positive_int("row_group_window", row_group_window)
         self.paths = {"train_path": Path(train_path), "val_path": Path(val_path)}
         self.columns = {"image_column": image_column, "question_column": question_column, "answer_column": answer_column,
-                        "question_type_column": question_type_column, "label_column": label_column}
+                        "question_type_column": question_type_column, "label_column": label_column,
+                        "audio_column": audio_column}
         self.loader, self.seed, self.row_group_window = loader, seed, row_group_window
         self.transform = ImageTransform(image_size, image_mean, image_std)
         self.train_dataset: ParquetImageQADataset | None = None

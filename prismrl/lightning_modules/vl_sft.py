@@ -1,9 +1,12 @@
-"""Vision-language instruction tuning (Edge Glass stage 2): answer questions about images.
+"""Vision-language instruction tuning (Edge Glass stage 2): answer questions about images (and spoken clips).
 
 One training step:
     prefix = Projector(PerceiverResampler(vision_encoder(pixels)))        # [B, L, H_dec] (VisualPrefix)
+    prefix = [prefix ; Projector_a(Resampler_a(audio_encoder(clips)))]    # [B, L + L_a, H_dec] with audio_encoder
     q      = text_dropout(questions)                                       # words dropped from the prompt
-    loss   = decoder(prefix, q, answers).loss                              # CE on answer tokens only
+    loss   = decoder(prefix, q, answers, prefix_mask).loss                 # CE on answer tokens only
+A batch without any clip gets no audio tokens (P = L); in a batch with some, the audio positions of rows without a
+clip are masked out (``prefix_mask`` False), so those rows are decoded as if they had no audio tokens.
 with the decoder either a causal LM fed the prefix as input embeddings (``PrefixLMDecoder``, LoRA or full) or the
 tiny recursive decoder (``RecursiveDecoder``). The vision encoder may start from an ``AlignmentModule``
 checkpoint (``alignment_checkpoint``) and is frozen by default.
@@ -24,10 +27,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from prismrl.backbones.aligned_towers import load_aligned_encoders
 from prismrl.backbones.answer_masking import IGNORE_INDEX
+from prismrl.backbones.audio_prefix import AudioPrefix
 from prismrl.backbones.sharding import gathered
-from prismrl.backbones.visual_prefix import VisualPrefix, load_aligned_vision
+from prismrl.backbones.visual_prefix import VisualPrefix
 from prismrl.choices import check_positive_float
+from prismrl.data.audio import pad_waveforms
 from prismrl.data.text_dropout import apply_text_dropout
 from prismrl.lightning_modules.plumbing import StageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
@@ -53,14 +59,14 @@ def token_correct(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class VisionLanguageSFTModule(StageModule):
-    """vision encoder -> Perceiver resampler -> projector -> answer decoder, trained on answer tokens only.
+    """vision (+ audio) encoder -> Perceiver resampler -> projector -> answer decoder, trained on answer tokens only.
 
     Args:
         vision_encoder: an ``EmbeddingTower`` (e.g. the image tower of an alignment config) or a bare encoder.
         decoder: ``PrefixLMDecoder`` or ``RecursiveDecoder`` (anything with ``hidden_size``,
             ``forward(prefix, questions, answers)`` and ``generate(prefix, questions, max_new_tokens)``).
         alignment_checkpoint: an ``AlignmentModule`` checkpoint whose image tower is loaded into ``vision_encoder``
-            (shapes must match; ValueError otherwise).
+            (and its audio tower into ``audio_encoder``; shapes must match; ValueError otherwise).
         freeze_vision: keep the vision encoder frozen (eval mode).
         use_aligned_embedding: give the resampler the tower's aligned embedding as one more token.
         num_latents: learned latent queries of the Perceiver resampler (= the visual prefix length).
@@ -76,6 +82,12 @@ class VisionLanguageSFTModule(StageModule):
         optimizer: AdamW with a per-step warmup-cosine schedule; ``optimizer.lr`` trains the resampler and
             projector, ``optimizer.encoder_lr`` the vision encoder when it is not frozen.
         decoder_lr: the decoder's trainable weights (None = ``optimizer.lr``).
+        audio_encoder: an ``EmbeddingTower`` over ``WhisperAudioEncoder`` (e.g. the audio tower of a tri-modal
+            alignment config) or a bare encoder with ``featurize``; None = no audio (clips in batches are ignored).
+        freeze_audio: keep the audio encoder frozen (eval mode).
+        audio_num_latents: latents of the audio resampler (= the audio tokens appended to the prefix).
+        audio_resampler_dim: width of the audio resampler (None = the audio encoder's hidden size); depth, heads,
+            head width and projector width are the vision resampler's.
     """
 
     def __init__(
@@ -96,9 +108,13 @@ class VisionLanguageSFTModule(StageModule):
         question_types: list[str] | None = None,
         optimizer: OptimizerSettings = OptimizerSettings(lr=1e-3, encoder_lr=1e-5, weight_decay=0.01, warmup_ratio=0.1),
         decoder_lr: float | None = None,
+        audio_encoder: nn.Module | None = None,
+        freeze_audio: bool = True,
+        audio_num_latents: int = 4,
+        audio_resampler_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=[] if built_from_config() else ["vision_encoder", "decoder"])
+        self.save_hyperparameters(ignore=[] if built_from_config() else ["vision_encoder", "decoder", "audio_encoder"])
         if not isinstance(getattr(decoder, "hidden_size", None), int) or not callable(getattr(decoder, "generate", None)):
             raise TypeError(f"decoder: expected a module with an int hidden_size and generate(prefix, questions), "
                             f"received {type(decoder).__name__}")
@@ -108,37 +124,75 @@ class VisionLanguageSFTModule(StageModule):
             check_positive_float("decoder_lr", decoder_lr)
         self.optimizer_settings = optimizer
         if alignment_checkpoint is not None:
-            load_aligned_vision(vision_encoder, alignment_checkpoint)
+            load_aligned_encoders(alignment_checkpoint, vision_encoder=vision_encoder, audio_encoder=audio_encoder)
         self.visual = VisualPrefix(
             vision_encoder, decoder.hidden_size, num_latents, resampler_dim, resampler_depth, resampler_heads,
             resampler_head_dim, projector_hidden_dim, use_aligned_embedding, freeze_vision,
+        )
+        self.audio = None if audio_encoder is None else AudioPrefix(
+            audio_encoder, decoder.hidden_size, num_latents=audio_num_latents, resampler_dim=audio_resampler_dim,
+            depth=resampler_depth, num_heads=resampler_heads, head_dim=resampler_head_dim,
+            projector_hidden_dim=projector_hidden_dim, use_aligned_embedding=use_aligned_embedding, freeze=freeze_audio,
         )
         self.decoder = decoder
         self.question_types = list(question_types or [])
         self.metrics = nn.ModuleDict()
 
     # ----- inference API -----
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        """The visual prefix ``[B, num_latents, decoder.hidden_size]``."""
-        return self.visual(pixel_values)
+    def forward(self, pixel_values: Tensor, audio: Tensor | None = None,
+                audio_lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(prefix ``[B, P, decoder.hidden_size]``, prefix_mask ``[B, P]`` bool or None = all kept): the visual
+        latents, then the audio latents when the module has an audio encoder and some row has a clip
+        (``audio [B, N]`` zero-padded 16 kHz waveforms, ``audio_lengths [B]``, 0 = no clip)."""
+        prefix = self.visual(pixel_values)  # [B, L, H]
+        if self.audio is None or audio is None or audio_lengths is None or not bool((audio_lengths > 0).any()):
+            return prefix, None
+        spoken, present = self.audio.batch_prefix(audio, audio_lengths)  # [B, L_a, H], [B]
+        prefix = torch.cat([prefix, spoken.to(prefix.dtype)], dim=1)  # [B, L + L_a, H]
+        if bool(present.all()):
+            return prefix, None
+        keep = torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)  # [B, L + L_a]
+        keep[:, -spoken.shape[1]:] = present[:, None].to(prefix.device)
+        return prefix, keep
+
+    def _decoder_kwargs(self, prefix_mask: Tensor | None) -> dict[str, Tensor]:
+        return {} if prefix_mask is None else {"prefix_mask": prefix_mask}
 
     @torch.no_grad()
-    def generate(self, images: Tensor, questions: Sequence[str] | str, max_new_tokens: int | None = None) -> list[str]:
+    def generate(self, images: Tensor, questions: Sequence[str] | str, max_new_tokens: int | None = None,
+                 audio: Sequence[Tensor | None] | None = None) -> list[str]:
         """Greedy answers to ``questions`` about ``images`` (normalized pixels ``[B, 3, H, W]`` or ``[3, H, W]``;
-        one question string is asked of every image)."""
+        one question string is asked of every image); ``audio``: one mono 16 kHz waveform ``[N]`` (or None) per
+        image, heard with it."""
         if not isinstance(images, Tensor) or images.dim() not in (3, 4):
             raise ValueError(f"images: expected a [B, 3, H, W] or [3, H, W] tensor, received "
                              f"{getattr(images, 'shape', type(images).__name__)}")
         images = images[None] if images.dim() == 3 else images
         questions = [questions] * len(images) if isinstance(questions, str) else list(questions)
+        clips = None
+        if audio is not None:
+            if len(audio) != len(images):
+                raise ValueError(f"audio: expected {len(images)} waveforms or None (one per image), received {len(audio)}")
+            clips = pad_waveforms([a if a is not None and a.numel() else None for a in audio])  # [B, N], [B]
         was_training = self.training
         self.eval()
         try:
-            prefix = self.visual(images.to(self.device))
-            with gathered(self.decoder):  # FSDP2: weights gathered once, not per generated token
-                return self.decoder.generate(prefix, questions, max_new_tokens or self.hparams.max_new_tokens)
+            return self._answers(images.to(self.device), questions, *(clips or (None, None)),
+                                 max_new_tokens=max_new_tokens)
         finally:
             self.train(was_training)
+
+    def _answers(self, pixel_values: Tensor, questions: Sequence[str], audio: Tensor | None = None,
+                 audio_lengths: Tensor | None = None, max_new_tokens: int | None = None) -> list[str]:
+        prefix, prefix_mask = self(pixel_values, audio, audio_lengths)
+        with gathered(self.decoder):  # FSDP2: weights gathered once, not per generated token
+            return self.decoder.generate(prefix, questions, max_new_tokens or self.hparams.max_new_tokens,
+                                         **self._decoder_kwargs(prefix_mask))
+
+    @staticmethod
+    def _audio_of(batch: Any) -> tuple[Tensor | None, Tensor | None]:
+        lengths = getattr(batch, "audio_lengths", None)
+        return (batch.audio, lengths) if lengths is not None and lengths.numel() else (None, None)
 
     # ----- training -----
     def setup(self, stage: str) -> None:
@@ -150,7 +204,8 @@ class VisionLanguageSFTModule(StageModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         p = self.hparams.text_dropout
         questions = apply_text_dropout(batch.questions, p) if p else batch.questions
-        out = self.decoder(self.visual(batch.pixel_values), questions, batch.answers)
+        prefix, prefix_mask = self(batch.pixel_values, *self._audio_of(batch))
+        out = self.decoder(prefix, questions, batch.answers, **self._decoder_kwargs(prefix_mask))
         batch_size = len(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
         self.log("train/token_acc", token_correct(out.logits, out.labels).mean(), batch_size=batch_size)
@@ -164,10 +219,11 @@ class VisionLanguageSFTModule(StageModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch: Any, stage: str) -> None:
-        prefix = self.visual(batch.pixel_values)
-        out = self.decoder(prefix, batch.questions, batch.answers)
+        prefix, prefix_mask = self(batch.pixel_values, *self._audio_of(batch))
+        out = self.decoder(prefix, batch.questions, batch.answers, **self._decoder_kwargs(prefix_mask))
         with gathered(self.decoder):
-            predictions = self.decoder.generate(prefix, batch.questions, self.hparams.max_new_tokens)
+            predictions = self.decoder.generate(prefix, batch.questions, self.hparams.max_new_tokens,
+                                                **self._decoder_kwargs(prefix_mask))
         hits = exact_match(predictions, batch.answers).to(self.device)  # [B]
         updates = {"loss": (out.loss.detach(), len(batch)), "exact_match": (hits, None)}
         correct = token_correct(out.logits, out.labels)
@@ -185,18 +241,31 @@ class VisionLanguageSFTModule(StageModule):
                 metric.update(value, weight)
             self.log(f"{stage}/{name}", metric, prog_bar=name == "exact_match", on_epoch=True, batch_size=len(batch))
 
-    def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
-        return self.generate(batch.pixel_values, batch.questions)
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, list]:
+        """One row per sample: sample_id, question, prediction, answer (the reference, "" if none), question_type,
+        has_audio, exact_match (None without a reference)."""
+        audio, lengths = self._audio_of(batch)
+        predictions = self._answers(batch.pixel_values, batch.questions, audio, lengths)
+        references = list(getattr(batch, "answers", None) or [""] * len(predictions))
+        ids = list(getattr(batch, "sample_ids", None) or [""] * len(predictions))
+        types = list(getattr(batch, "question_types", None) or [""] * len(predictions))
+        heard = [False] * len(predictions) if lengths is None else (lengths > 0).tolist()
+        return {"sample_id": ids, "question": list(batch.questions), "prediction": predictions, "answer": references,
+                "question_type": types, "has_audio": heard,
+                "exact_match": [bool(normalize_answer(p) == normalize_answer(r)) if r else None
+                                for p, r in zip(predictions, references)]}
 
     # ----- optimization -----
     def rebuilt_frozen_children(self) -> tuple[str, ...]:
-        return ("visual", "decoder")
+        return ("visual", "decoder") if self.audio is None else ("visual", "audio", "decoder")
 
     def configure_optimizers(self):
-        """AdamW over three groups (each split into decayed / undecayed): resampler + projector at ``optimizer.lr``,
-        decoder at ``decoder_lr`` (default ``optimizer.lr``), vision encoder at ``optimizer.encoder_lr``."""
+        """AdamW over three groups (each split into decayed / undecayed): resamplers + projectors at ``optimizer.lr``,
+        decoder at ``decoder_lr`` (default ``optimizer.lr``), vision and audio encoders at ``optimizer.encoder_lr``."""
         settings = self.optimizer_settings
         vision = {id(p) for p in self.visual.vision_encoder.parameters()}
+        if self.audio is not None:
+            vision |= {id(p) for p in self.audio.audio_encoder.parameters()}
         decoder = {id(p) for p in self.decoder.parameters()}
         named = list(self.named_parameters())
         lr_groups = [
