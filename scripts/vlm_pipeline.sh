@@ -5,6 +5,8 @@
 #   3. GRPO (configs/grpo/digits_vlm.yaml): the VL-SFT model as the policy (SFT LoRA merged, fresh RL LoRA),
 #      held-out greedy exact match before (prismrl validate) and after (val/reward/exact_match).
 # Small budgets for a CPU; raise them (or drop the overrides) for the full recipes.
+# Seen with ALIGN_BATCHES=30 SFT_BATCHES=120 GRPO_STEPS=24 (2 shared CPU cores): held-out greedy exact match
+# 0.344 after SFT -> 0.438 after GRPO (128 questions); alignment 707 s, SFT 1620 s, GRPO 139 s.
 #   bash scripts/vlm_pipeline.sh [output folder, default runs/vlm_pipeline]
 set -euo pipefail
 OUT=${1:-runs/vlm_pipeline}
@@ -26,5 +28,5 @@ GRPO=(--config configs/grpo/digits_vlm.yaml --model.init_args.policy.vl_sft_chec
 prismrl validate "${GRPO[@]}" --trainer.default_root_dir "$OUT/grpo_start"
 prismrl fit "${GRPO[@]}" --trainer.default_root_dir "$OUT/grpo" --model.init_args.export_dir "$OUT/grpo/export" \
   --trainer.max_steps "$GRPO_STEPS" --trainer.val_check_interval "$GRPO_STEPS"
-echo "held-out exact match: before $OUT/grpo_start/version_0/metrics.csv, after $OUT/grpo/version_0/metrics.csv" \
-  "(val/reward/exact_match); RL LoRA export: $OUT/grpo/export"
+echo "held-out exact match (val/reward/exact_match): before = the validate table above, after =" \
+  "$OUT/grpo/version_0/metrics.csv; RL LoRA export: $OUT/grpo/export"

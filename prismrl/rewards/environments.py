@@ -15,7 +15,9 @@ of the loss, so the policy learns from its own tokens only.
 ``safe_arithmetic`` (an AST walk over a whitelist of number literals and + - * / // % ** and unary +/-; no names,
 calls, attributes or ``eval``) and answers with ``<result>84</result>``, or ``<result>error: ...</result>`` for a
 rejected expression. A turn without a tool call, or the last allowed turn, is the final answer, scored 1 when its
-last number equals the record's answer (``NumericMatchReward``), else 0.
+last number equals the record's answer (``NumericMatchReward``), else 0; the episode's first tool call that evaluates
+adds ``tool_reward`` (once per episode). The default instructions carry two worked tool-use examples: without one a
+small model never calls the tool, and with a 0/1 answer reward alone every group's rewards are equal.
 """
 
 from __future__ import annotations
@@ -133,9 +135,10 @@ def format_number(value: float) -> str:
 
 
 CALC_PATTERN = re.compile(r"<calc>(.*?)</calc>", re.DOTALL)
-CALCULATOR_INSTRUCTIONS = ("You have a calculator: write <calc>expression</calc> (for example <calc>12*7</calc>) and "
-                           "its result comes back as <result>84</result>. When you know the answer, reply with the "
-                           "number only.")
+CALCULATOR_EXAMPLES = ("Q: What is 12 * 7?\nA: <calc>12*7</calc>\n<result>84</result>\nA: 84\n\n"
+                       "Q: What is 25 * 31?\nA: <calc>25*31</calc>\n<result>775</result>\nA: 775")
+CALCULATOR_INSTRUCTIONS = ("You have a calculator: write <calc>expression</calc> and its result comes back as "
+                           "<result>value</result>. Then reply with the number only.\n\n" + CALCULATOR_EXAMPLES)
 
 
 class CalculatorEnvironment:
@@ -143,23 +146,41 @@ class CalculatorEnvironment:
 
     Args:
         max_turns: assistant turns per episode (>= 1); the last one is always scored as the final answer.
-        instructions: text put before the record's prompt in the first user turn (None = the prompt alone).
-        tool_reward: reward of a turn whose tool call evaluated (0 by default; the answer carries the reward).
+        instructions: text put before the question in the first user turn (None = the question alone); the
+            default explains the tool and shows two worked calls (``CALCULATOR_EXAMPLES``).
+        question_template: the question, formatted with the record's ``meta`` (e.g. "Q: What is {a} {op} {b}?\\nA:"
+            for the ``arithmetic`` task, whose own prompt shows an answer written without the tool); None = the
+            record's prompt.
+        tool_reward: reward of the episode's first tool call that evaluates, paid once per episode (0 by default:
+            the answer carries the reward); a small positive value rewards learning to call the tool.
     """
 
     def __init__(self, max_turns: int = 3, instructions: str | None = CALCULATOR_INSTRUCTIONS,
-                 tool_reward: float = 0.0) -> None:
+                 question_template: str | None = None, tool_reward: float = 0.0) -> None:
         self.max_turns = check_positive_int("max_turns", max_turns)
         self.instructions, self.tool_reward = instructions, float(tool_reward)
+        self.question_template = question_template
         self.scorer = NumericMatchReward(name="correct")
         self.record: PromptRecord | None = None
-        self.turn = 0
+        self.turn, self.tool_paid = 0, False
+
+    def question(self, record: PromptRecord) -> str:
+        """The record's prompt, or ``question_template`` formatted with its meta."""
+        if self.question_template is None:
+            return record.prompt
+        try:
+            return self.question_template.format(**(record.meta or {}))
+        except (KeyError, IndexError) as err:
+            raise ValueError(f"question_template: expected fields among the record's meta keys "
+                             f"{sorted(record.meta or {})}, received {self.question_template!r} (missing {err})") \
+                from None
 
     def reset(self, record: PromptRecord) -> str:
         if not isinstance(record, PromptRecord) or record.answer is None:
             raise ValueError(f"record: expected a PromptRecord with an answer, received {record!r:.80}")
-        self.record, self.turn = record, 0
-        return record.prompt if self.instructions is None else f"{self.instructions}\n\n{record.prompt}"
+        self.record, self.turn, self.tool_paid = record, 0, False
+        question = self.question(record)
+        return question if self.instructions is None else f"{self.instructions}\n\n{question}"
 
     def step(self, completion: str) -> tuple[str | None, float, bool]:
         if self.record is None:
@@ -168,7 +189,8 @@ class CalculatorEnvironment:
         call = CALC_PATTERN.search(completion)
         if call is not None and self.turn < self.max_turns:
             try:
-                result, reward = format_number(safe_arithmetic(call.group(1))), self.tool_reward
+                result = format_number(safe_arithmetic(call.group(1)))
+                reward, self.tool_paid = (0.0 if self.tool_paid else self.tool_reward), True
             except CalculatorError as err:
                 result, reward = f"error: {err}", 0.0
             return f"<result>{result}</result>", reward, False

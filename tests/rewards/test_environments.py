@@ -93,3 +93,44 @@ def test_build_environment_and_bad_values():
         CalculatorEnvironment().reset(PromptRecord("What is 1 + 1?"))
     with pytest.raises(RuntimeError, match="call reset"):
         CalculatorEnvironment().step("1")
+
+
+def test_tool_reward_is_paid_once_per_episode():
+    env = CalculatorEnvironment(max_turns=4, tool_reward=0.2)
+    env.reset(PromptRecord("What is 6 * 7?", answer="42"))
+    assert env.step("<calc>6*7</calc>") == ("<result>42</result>", 0.2, False)
+    assert env.step("<calc>7*6</calc>") == ("<result>42</result>", 0.0, False)  # no farming of repeated calls
+    assert env.step("42") == (None, 1.0, True)
+    env.reset(PromptRecord("What is 6 * 7?", answer="42"))  # a new episode pays again
+    assert env.step("<calc>bad</calc>")[1] == 0.0 and env.step("<calc>6*7</calc>")[1] == 0.2
+
+
+def test_question_template_replaces_the_record_prompt():
+    record = PromptRecord("Q: What is 2 * 3?\nA: 2 * 3 = 6\nQ: What is 47 * 83?\nA:", answer="3901",
+                          meta={"a": 47, "b": 83, "op": "*"})
+    env = CalculatorEnvironment(question_template="Q: What is {a} {op} {b}?\nA:")
+    first = env.reset(record)
+    assert first.endswith("\n\nQ: What is 47 * 83?\nA:") and "2 * 3 = 6" not in first
+    assert "A: <calc>12*7</calc>\n<result>84</result>\nA: 84" in first  # the default worked tool-use example
+    assert CalculatorEnvironment(instructions=None).reset(record) == record.prompt
+    with pytest.raises(ValueError, match=r"question_template: expected fields among the record's meta keys "
+                                         r"\['a', 'b', 'op'\], received 'What is \{x\}\?' \(missing 'x'\)"):
+        CalculatorEnvironment(question_template="What is {x}?").reset(record)
+
+
+def test_smollm2_calculator_preset_shows_the_tool_and_rewards_calling_it():
+    """The preset's first turn asks the bare question after worked tool calls, and an evaluated call earns reward."""
+    import yaml
+
+    from prismrl.data.prompt_tasks import arithmetic_records
+
+    config = yaml.safe_load(open("configs/grpo/smollm2_calculator.yaml"))
+    env = build_environment(config["model"]["init_args"]["environment"])
+    task_kwargs = config["data"]["init_args"]["task_kwargs"]
+    record = arithmetic_records("train", **task_kwargs)[0]
+    a, b = record.meta["a"], record.meta["b"]
+    first = env.reset(record)
+    assert first.endswith(f"Q: What is {a} * {b}?\nA:") and first.count("<calc>") >= 3  # 1 in the help + examples
+    observation, reward, done = env.step(f"<calc>{a}*{b}</calc>")
+    assert observation == f"<result>{a * b}</result>" and reward > 0 and not done
+    assert env.step(str(a * b)) == (None, 1.0, True)
