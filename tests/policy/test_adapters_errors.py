@@ -85,8 +85,8 @@ def test_registry_maps_model_types_and_lists_supported_families():
     model = tf.Qwen2ForCausalLM(tf.Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
                                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
     assert isinstance(adapter_for(model, tokenizer), CausalLMAdapter)
-    assert set(ADAPTERS) == {"qwen2_vl", "qwen2_5_vl", "llava", "internvl"}
-    supported = "supported: internvl, llava, qwen2_5_vl, qwen2_vl and text-only causal LMs"
+    assert set(ADAPTERS) == {"qwen2_vl", "qwen2_5_vl", "llava", "internvl", "llava_next"}
+    supported = "supported: internvl, llava, llava_next, qwen2_5_vl, qwen2_vl, pixtral and text-only causal LMs"
     with pytest.raises(ValueError, match=rf"no adapter for model_type 'clip_vision_model'; {supported}"):
         adapter_class_for(tf.CLIPVisionConfig())
     with pytest.raises(TypeError, match="model_or_config: expected a transformers model or config"):

@@ -50,7 +50,7 @@ def test_tiny_config_overrides_and_bad_family():
                                     "vision_feature_select_strategy": "full"})
     assert config.text_config.num_hidden_layers == 1 and config.vision_feature_select_strategy == "full"
     with pytest.raises(ValueError, match="tiny_config.model_type: expected one of qwen2_vl, qwen2_5_vl, llava, "
-                                         "internvl, llama, received 'pixtral'"):
-        tiny_policy_config({"model_type": "pixtral"})
+                                         "internvl, llava_next, pixtral, llama, received 'mllama'"):
+        tiny_policy_config({"model_type": "mllama"})
     with pytest.raises(TypeError, match="vision_config: expected a dict of overrides"):
         tiny_policy_config({"model_type": "internvl", "vision_config": 3})

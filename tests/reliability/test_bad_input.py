@@ -40,7 +40,7 @@ CLI_CASES = [
      r"function: cannot import module 'no_such_pkg.rewards'"),
     (GRPO, ["--model.init_args.policy", '{"tiny_config": {"model_type": "qwen2_vl"}, "quantization": "4bit"}'],
      r"quantization: only applies to pretrained weights"),
-    (GRPO, ["--model.init_args.policy", '{"tiny_config": {"model_type": "pixtral"}}'], r"pixtral"),
+    (GRPO, ["--model.init_args.policy", '{"tiny_config": {"model_type": "mllama"}}'], r"mllama"),
     (AC, ["--model.init_args.mode", "offline"], r"mode: expected one of .*received 'offline'"),
     (AC, ["--model.init_args.modalities", "audio"], r"modalities: expected one of .*received 'audio'"),
     (AC, ["--model.init_args.num_classes", "1"], r"num_classes: expected an int >= 2, received 1"),

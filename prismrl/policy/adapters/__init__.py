@@ -10,6 +10,8 @@ from prismrl.policy.adapters.base import (
 from prismrl.policy.adapters.causal_lm import CausalLMAdapter
 from prismrl.policy.adapters.internvl import InternVLAdapter
 from prismrl.policy.adapters.llava import LlavaAdapter
+from prismrl.policy.adapters.llava_next import LlavaNextAdapter
+from prismrl.policy.adapters.pixtral import PixtralAdapter
 from prismrl.policy.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from prismrl.policy.adapters.registry import (
     ADAPTERS,
@@ -25,6 +27,8 @@ __all__ = [
     "CausalLMAdapter",
     "InternVLAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "PixtralAdapter",
     "ProcessedImages",
     "ProcessorSettings",
     "Qwen2VLAdapter",

@@ -16,15 +16,18 @@ from prismrl.policy.adapters.base import VLMAdapter
 from prismrl.policy.adapters.causal_lm import CausalLMAdapter
 from prismrl.policy.adapters.internvl import InternVLAdapter
 from prismrl.policy.adapters.llava import LlavaAdapter
+from prismrl.policy.adapters.llava_next import LlavaNextAdapter
+from prismrl.policy.adapters.pixtral import PixtralAdapter, is_pixtral
 from prismrl.policy.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from prismrl.policy.adapters.visual_prefix import VisualPrefixAdapter
 
 ADAPTERS: dict[str, type[VLMAdapter]] = {
     model_type: cls
-    for cls in (Qwen2VLAdapter, Qwen2_5_VLAdapter, LlavaAdapter, InternVLAdapter)
+    for cls in (Qwen2VLAdapter, Qwen2_5_VLAdapter, LlavaAdapter, InternVLAdapter, LlavaNextAdapter)
     for model_type in cls.model_types
 }
-TINY_FAMILIES: dict[str, type[VLMAdapter]] = {**ADAPTERS, "llama": CausalLMAdapter}
+# Pixtral is model_type "llava" with a "pixtral" vision tower: adapter_class_for checks is_pixtral first
+TINY_FAMILIES: dict[str, type[VLMAdapter]] = {**ADAPTERS, "pixtral": PixtralAdapter, "llama": CausalLMAdapter}
 # prismrl's own models (built from a stage checkpoint, no transformers family and no tiny recipe)
 OWN_ADAPTERS: dict[str, type[VLMAdapter]] = {t: cls for cls in (VisualPrefixAdapter,) for t in cls.model_types}
 
@@ -48,13 +51,15 @@ def _is_text_causal_lm(config) -> bool:
 def adapter_class_for(model_or_config: Any) -> type[VLMAdapter]:
     """The adapter class for a model / config; ValueError listing the supported families otherwise."""
     config = _config_of(model_or_config)
+    if is_pixtral(config):
+        return PixtralAdapter
     if config.model_type in ADAPTERS or config.model_type in OWN_ADAPTERS:
         return ADAPTERS.get(config.model_type) or OWN_ADAPTERS[config.model_type]
     if _is_text_causal_lm(config):
         return CausalLMAdapter
     raise ValueError(
         f"model_or_config: no adapter for model_type {config.model_type!r}; supported: "
-        f"{', '.join(sorted(ADAPTERS))} and text-only causal LMs (llama, qwen2, mistral, ...)"
+        f"{', '.join(sorted(ADAPTERS))}, pixtral and text-only causal LMs (llama, qwen2, mistral, ...)"
     )
 
 
