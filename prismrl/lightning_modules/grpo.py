@@ -44,7 +44,7 @@ from prismrl.policy.build import (
     reference_of,
     uses_adapters,
 )
-from prismrl.policy.multi_turn import EpisodeSampler
+from prismrl.policy.multi_turn import EpisodeSampler, check_turn_rewards, turn_level_advantages
 from prismrl.policy.multimodal import MultimodalBatch
 from prismrl.policy.rollout import (
     PackingSettings,
@@ -110,6 +110,8 @@ class GRPOModule(RolloutStageModule):
         dynamic_sampling: DAPO's re-rolling of uninformative groups (``prismrl.rl.shaping``; None = off).
         overlong: DAPO's overlong reward shaping and filter (``prismrl.rl.shaping``; None = off).
         environment: multi-turn episodes whose rewards replace ``reward`` (``prismrl.rewards.environments``).
+        turn_rewards: with an environment, each turn's tokens get its group-normalized return-to-go
+            (``prismrl.rl.turn_rewards``) instead of the episode's advantage (false = the episode reward).
 
     Across ranks (DDP / FSDP2) each rank rolls out its own prompts, G completions each, so a group never spans
     ranks; ``batch_std`` scaling divides by the std of every rank's rewards, and logged metrics are rank means.
@@ -144,6 +146,7 @@ class GRPOModule(RolloutStageModule):
         dynamic_sampling: DynamicSamplingSettings | None = None,
         overlong: OverlongSettings | None = None,
         environment: Any = None,
+        turn_rewards: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if built_from_config() else ["reward", "environment"])
@@ -176,6 +179,7 @@ class GRPOModule(RolloutStageModule):
         self.rope_index = self.adapter.rope_index_fn(self.policy) if packing is not None else None
         self.sampler = EpisodeSampler(self.adapter, self.eos_ids, group_size, build_environment(environment), overlong,
                                       dynamic_sampling)
+        check_turn_rewards(turn_rewards, self.sampler.environment, self.estimator, self.scaling)
 
     def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         """[B, T-1] log-probs (and entropies) at the completion positions (0 elsewhere; all positions when packed)."""
@@ -191,7 +195,7 @@ class GRPOModule(RolloutStageModule):
             out = self.sampler.sample(records, greedy, lambda *args: self._sample(*args, greedy=greedy),
                                       lambda texts, rows: score_completions(self.reward, texts, rows),
                                       self.rollout_engine, self.sampling.max_new_tokens, self.device, self.policy.dtype)
-        self.rollout_stats, self.engine_logprobs = out.stats, out.engine_logprobs
+        self.rollout_stats, self.engine_logprobs, self.sampled = out.stats, out.engine_logprobs, out
         return out.batch, out.texts, RewardScores(out.total, out.components)
 
     def _sample(self, prompts: MultimodalBatch, records: list[PromptRecord] | None, round_: int = 0, turn: int = 0,
@@ -240,7 +244,9 @@ class GRPOModule(RolloutStageModule):
         if self.estimator is AdvantageEstimator.REINFORCE_PP:  # the std of the group-centered rewards, over all ranks
             batch_std = global_std(estimate_advantages(AdvantageEstimator.GRPO, batch.rewards, hp.group_size,
                                                        AdvantageScaling.NONE))
-        batch.advantages = estimate_advantages(self.estimator, batch.rewards, hp.group_size, self.scaling, batch_std)
+        batch.advantages = estimate_advantages(self.estimator, batch.rewards, hp.group_size, self.scaling, batch_std) \
+            if not hp.turn_rewards else turn_level_advantages(self.sampled, hp.group_size,
+                                                              self.scaling is AdvantageScaling.GROUP_STD)  # [B, T-1]
         check_finite("the advantages", batch.advantages, self.global_step)
         one_pass = hp.minibatch_size is None or hp.minibatch_size >= batch.batch_size
         self._fixed_logprobs(batch, needs_old=hp.num_iterations > 1 or not one_pass)

@@ -7,7 +7,11 @@ Multi-turn (an ``environment``, duck-typed as ``prismrl.rewards.environments.Env
     for turn = 1..env.max_turns:   y_t ~ pi(. | prompt_1, y_1, o_1, .., o_{t-1})
                                    o_t, r_t, done = env.step(text(y_t));  stop when done
     row tokens = prompt_1 y_1 o_1 y_2 o_2 .. y_k      loss_mask = 1 on the y tokens only, 0 on every o
-    reward = sum_t r_t
+    reward = sum_t r_t            (per turn r_t kept too: ``SampledRollout.turn_rewards``, ``prismrl.rl.turn_rewards``)
+
+An observation may carry images (``Observation(text, images)``, one "<image>" each in its text): they are processed
+once, their image tokens join the user turn (masked out of the loss like all of o_t), and the row's image inputs
+(``prismrl.policy.episode_images``) hold the first prompt's images, then each later turn's, in text order.
 
 Each observation o_t is rendered as a user turn of the chat template: the tokens that close the assistant turn
 (what follows the EOS the model wrote, e.g. "\\n" in ChatML; the whole closing when it was cut without EOS), the
@@ -28,6 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prismrl.policy.episode_images import (
+    RowImages,
+    attach_images,
+    episode_batch,
+    observation_images,
+    prompt_row_images,
+)
 from prismrl.policy.multimodal import MultimodalBatch
 from prismrl.policy.rollout import completion_values, group_indices
 from prismrl.rl.shaping import (
@@ -39,6 +50,7 @@ from prismrl.rl.shaping import (
     overlong_filter_mask,
     overlong_penalty,
 )
+from prismrl.rl.turn_rewards import token_advantages, turn_advantages
 
 ASSISTANT_SENTINEL = "\u2063prismrl-assistant-turn\u2063"
 
@@ -55,10 +67,14 @@ class Episodes:
     turns: list[int]
     engine_logprobs: list[list[float]] | None = None  # per row, over its policy tokens (engines that report them)
     rewards: list[float] | None = None  # environment rewards (multi-turn)
+    turn_rewards: list[list[float]] | None = None  # per row, per assistant turn (multi-turn)
+    token_turns: list[list[int]] | None = None  # per completion token its turn (-1 = an environment token)
+    images: list[RowImages] | None = None  # per row its images in text order (multi-turn)
 
     def replace(self, rows: list[int], other: Episodes) -> None:
         """Rows ``rows`` take ``other``'s rows (in order)."""
-        for name in ("completions", "own", "finished", "texts", "last_lengths", "turns", "engine_logprobs", "rewards"):
+        for name in ("completions", "own", "finished", "texts", "last_lengths", "turns", "engine_logprobs", "rewards",
+                     "turn_rewards", "token_turns", "images"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is None or theirs is None:
                 setattr(self, name, None)
@@ -70,7 +86,9 @@ class Episodes:
 @dataclass
 class SampledRollout:
     """What ``EpisodeSampler.sample`` returns: the training batch (rewards set), the last turns' texts, reward total
-    [B] and components, the engine's log-probs [B, T-1] (or None) and per-step statistics."""
+    [B] and components, the engine's log-probs [B, T-1] (or None) and per-step statistics; multi-turn also gives
+    turn_rewards / turn_mask [B, K] (sum_k = total) and token_turn [B, T-1] (the turn of each target token, -1 off
+    the policy's tokens)."""
 
     batch: MultimodalBatch
     texts: list[str]
@@ -78,6 +96,9 @@ class SampledRollout:
     components: dict[str, Tensor]
     engine_logprobs: Tensor | None
     stats: dict[str, Tensor] = field(default_factory=dict)
+    turn_rewards: Tensor | None = None
+    turn_mask: Tensor | None = None
+    token_turn: Tensor | None = None
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -92,19 +113,21 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def continuation_batch(adapter, prompts: MultimodalBatch, rows: list[int],
-                       histories: list[list[int]]) -> MultimodalBatch:
-    """A left-padded prompt batch of ``histories`` (prompt + turns so far) for prompt rows ``rows`` (their images)."""
+def continuation_batch(adapter, prompts: MultimodalBatch, rows: list[int], histories: list[list[int]],
+                       images: list[RowImages] | None = None) -> MultimodalBatch:
+    """A left-padded prompt batch of ``histories`` (prompt + turns so far) for prompt rows ``rows``, with their
+    images: the prompts' own, or ``images`` (per row of ``rows``) when given."""
     base = prompts.select(rows)
     input_ids, attention_mask = left_pad(histories, adapter.pad_token_id)
     input_ids, attention_mask = input_ids.to(prompts.input_ids.device), attention_mask.to(prompts.input_ids.device)
     extra = {k: v for k, v in base.extra_model_kwargs.items() if k not in adapter.token_kwarg_keys}
     extra.update(adapter.token_kwargs(input_ids))
-    return MultimodalBatch(input_ids=input_ids, attention_mask=attention_mask,
-                           loss_mask=torch.zeros_like(attention_mask), pixel_values=base.pixel_values,
-                           extra_model_kwargs=extra,
-                           images_per_sample=base.images_per_sample, pixel_rows_per_image=base.pixel_rows_per_image,
-                           per_image_keys=base.per_image_keys)
+    batch = MultimodalBatch(input_ids=input_ids, attention_mask=attention_mask,
+                            loss_mask=torch.zeros_like(attention_mask), pixel_values=base.pixel_values,
+                            extra_model_kwargs=extra,
+                            images_per_sample=base.images_per_sample, pixel_rows_per_image=base.pixel_rows_per_image,
+                            per_image_keys=base.per_image_keys)
+    return batch if images is None else attach_images(batch, images)
 
 
 def observation_text(adapter, observation: str, ended_with: str | None) -> str:
@@ -124,6 +147,17 @@ def observation_text(adapter, observation: str, ended_with: str | None) -> str:
     if ended_with and closing.startswith(ended_with):
         closing = closing[len(ended_with):]
     return closing + full[len(base):]
+
+
+def observation_parts(observation: Any) -> tuple[str, list]:
+    """(text, images) of an observation: a str, or an object with ``text`` and ``images`` (``Observation``)."""
+    if isinstance(observation, str):
+        return observation, []
+    if not isinstance(getattr(observation, "text", None), str) or not isinstance(getattr(observation, "images", None),
+                                                                                  (list, tuple)):
+        raise TypeError(f"environment.step observation: expected None, a str or an Observation(text, images), "
+                        f"received {type(observation).__name__}")
+    return observation.text, list(observation.images)
 
 
 class EpisodeSampler:
@@ -168,7 +202,12 @@ class EpisodeSampler:
             rounds, resampled = rounds + 1, resampled + len(todo)
         index = torch.arange(len(records)) if g == 1 else group_indices(len(records), g)
         prompts = self.first_prompts(records).select(index).to(device, pixel_dtype=dtype)
-        batch = self.adapter.append_completions(prompts, episodes.completions).to(device, dtype)
+        prompt_images = 0 if prompts.images_per_sample is None else int(prompts.images_per_sample.sum())
+        if episodes.images is not None and sum(len(r.pixels) for r in episodes.images) > prompt_images:  # later turns
+            batch = episode_batch(self.adapter, prompts, episodes.completions, episodes.own, episodes.images)
+            batch = batch.to(device, dtype)
+        else:
+            batch = self.adapter.append_completions(prompts, episodes.completions).to(device, dtype)
         for b, own in enumerate(episodes.own):  # environment tokens leave the loss
             start = int(prompts.attention_mask[b].sum())
             batch.loss_mask[b, start:start + len(own)] = torch.tensor(own, dtype=batch.loss_mask.dtype)
@@ -187,7 +226,25 @@ class EpisodeSampler:
         if self.environment is not None:
             stats["turns"] = torch.tensor(episodes.turns, dtype=torch.float32).mean()
         batch.rewards = total.to(device)
-        return SampledRollout(batch, episodes.texts, total, components, engine_logprobs, stats)
+        out = SampledRollout(batch, episodes.texts, total, components, engine_logprobs, stats)
+        if episodes.turn_rewards is not None:
+            out.turn_rewards, out.turn_mask, out.token_turn = self._turn_tensors(episodes, prompts, batch)
+        return out
+
+    @staticmethod
+    def _turn_tensors(episodes: Episodes, prompts: MultimodalBatch, batch: MultimodalBatch):
+        """turn_rewards, turn_mask [B, K] and token_turn [B, T-1] (see ``SampledRollout``)."""
+        width = max(len(r) for r in episodes.turn_rewards)
+        rewards = torch.zeros(len(episodes.turn_rewards), width)
+        mask = torch.zeros(len(episodes.turn_rewards), width, dtype=torch.bool)
+        token_turn = torch.full(tuple(batch.input_ids.shape), -1, dtype=torch.long)
+        for b, (values, turns) in enumerate(zip(episodes.turn_rewards, episodes.token_turns)):
+            rewards[b, :len(values)], mask[b, :len(values)] = torch.tensor(values), True
+            start = int(prompts.attention_mask[b].sum())
+            token_turn[b, start:start + len(turns)] = torch.tensor(turns, dtype=torch.long)
+        token_turn = torch.where(batch.loss_mask.cpu().bool(), token_turn, -1)
+        device = batch.input_ids.device
+        return rewards.to(device), mask.to(device), token_turn[:, 1:].to(device)
 
     def _round(self, records, groups: list[int], g: int, round_: int, greedy: bool, generate, score, engine,
                max_new_tokens: int, device, dtype) -> tuple[Episodes, Tensor, dict[str, Tensor]]:
@@ -204,7 +261,7 @@ class EpisodeSampler:
             total = scores.total.to(torch.float32).clone()
             components = {k: v.to(torch.float32).clone() for k, v in scores.components.items()}
         else:
-            episodes = self._multi_turn(prompts, rows, generate, round_, engine, greedy)
+            episodes = self._multi_turn(prompts, rows, generate, round_, engine, greedy, dtype)
             total = torch.tensor(episodes.rewards, dtype=torch.float32)
             components = {"environment": total.clone()}
         if self.overlong.buffer is not None and not greedy:
@@ -212,6 +269,8 @@ class EpisodeSampler:
                                                                min(self.overlong.buffer, max_new_tokens))
             total = total + penalty.to(total.device)
             components["overlong"] = penalty
+            for b, value in enumerate(penalty.tolist() if episodes.turn_rewards is not None else []):
+                episodes.turn_rewards[b][-1] += value  # the last turn's length is the one penalized
         return episodes, total, components
 
     def _ended(self, completion: list[int]) -> bool:
@@ -224,7 +283,7 @@ class EpisodeSampler:
                         [1] * len(completions), logprobs)
 
     def _multi_turn(self, prompts: MultimodalBatch, rows: list, generate, round_: int, engine,
-                    greedy: bool = False) -> Episodes:
+                    greedy: bool = False, dtype: torch.dtype | None = None) -> Episodes:
         from copy import deepcopy
 
         n, tokenizer = len(rows), self.adapter.tokenizer
@@ -233,12 +292,14 @@ class EpisodeSampler:
             env.reset(record)
         history = [prompts.input_ids[b][prompts.attention_mask[b].bool()].tolist() for b in range(n)]
         out = Episodes([[] for _ in range(n)], [[] for _ in range(n)], [False] * n, [""] * n, [0] * n, [0] * n,
-                       [[] for _ in range(n)], [0.0] * n)
+                       [[] for _ in range(n)], [0.0] * n, [[] for _ in range(n)], [[] for _ in range(n)],
+                       prompt_row_images(prompts))
         active = list(range(n))
         for turn in range(self.environment.max_turns):
             if not active:
                 break
-            batch = continuation_batch(self.adapter, prompts, active, [history[b] + out.completions[b] for b in active])
+            batch = continuation_batch(self.adapter, prompts, active, [history[b] + out.completions[b] for b in active],
+                                       [out.images[b] for b in active])
             completions = generate(batch, None, round_, turn)
             logprobs = engine.take_logprobs()
             if logprobs is None or greedy:
@@ -249,19 +310,44 @@ class EpisodeSampler:
                 text = tokenizer.decode(completion, skip_special_tokens=True)
                 observation, reward, done = envs[b].step(text)
                 out.rewards[b] += float(reward)
+                out.turn_rewards[b].append(float(reward))
                 out.completions[b] += completion
                 out.own[b] += [1] * len(completion)
+                out.token_turns[b] += [turn] * len(completion)
                 if out.engine_logprobs is not None:
                     out.engine_logprobs[b] += list(logprobs[k])
                 out.finished[b], out.texts[b], out.last_lengths[b] = self._ended(completion), text, len(completion)
                 out.turns[b] += 1
                 if done or observation is None or turn + 1 == self.environment.max_turns:
                     continue
+                said, shown = observation_parts(observation)
                 ended = self.eos_text.get(completion[-1]) if self._ended(completion) else None
-                text = observation_text(self.adapter, observation, ended)
+                text = observation_text(self.adapter, said, ended)
+                text, images = observation_images(self.adapter, text, shown, dtype)
                 tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+                out.images[b] = out.images[b].extended(images)
                 out.completions[b] += list(tokens)
                 out.own[b] += [0] * len(tokens)
+                out.token_turns[b] += [-1] * len(tokens)
                 still.append(b)
             active = still
         return out
+
+
+def check_turn_rewards(turn_rewards: bool, environment: Any, estimator: Any, scaling: Any) -> bool:
+    """``turn_rewards`` needs an environment (its per-step rewards) and the grpo estimator with group_std or none."""
+    if not isinstance(turn_rewards, bool):
+        raise TypeError(f"turn_rewards: expected true or false, received {turn_rewards!r}")
+    if turn_rewards and environment is None:
+        raise ValueError("turn_rewards: expected an environment (per-turn rewards come from its steps), received none")
+    if turn_rewards and (getattr(estimator, "value", estimator) != "grpo" or getattr(scaling, "value", scaling)
+                         not in ("group_std", "none")):
+        raise ValueError(f"turn_rewards: expected advantage_estimator grpo with advantage_scaling group_std or none, "
+                         f"received {getattr(estimator, 'value', estimator)} / {getattr(scaling, 'value', scaling)}")
+    return turn_rewards
+
+
+def turn_level_advantages(rollout: SampledRollout, group_size: int, scale: bool) -> Tensor:
+    """[B, T-1] per-token advantages: each turn's group-normalized return-to-go (``prismrl.rl.turn_rewards``)."""
+    per_turn = turn_advantages(rollout.turn_rewards, rollout.turn_mask, group_size, scale)  # [B, K]
+    return token_advantages(per_turn, rollout.token_turn)  # [B, T-1]

@@ -4,8 +4,10 @@ An environment plays one episode with the policy (one instance per episode; the 
 
     first_prompt = env.reset(record)                       the first user turn
     observation, reward, done = env.step(assistant_text)   after every assistant turn
-        observation: the next user (tool) turn, or None when the episode is over
-        reward: this turn's reward; the episode's reward is the sum over its turns
+        observation: the next user (tool) turn: a str, an ``Observation(text, images)`` whose text holds one
+            "<image>" where each image goes (VLM policies), or None when the episode is over
+        reward: this turn's reward r_t; the episode's reward is sum_t r_t (per-turn rewards are kept for
+            ``turn_rewards``: each turn's tokens then get the return-to-go sum_{j >= t} r_j)
 
 ``max_turns`` bounds the assistant turns: on its last turn an environment must end the episode. The rollout
 (``prismrl.policy.multi_turn``) renders observations as user turns of the chat template and masks their tokens out
@@ -18,6 +20,10 @@ rejected expression. A turn without a tool call, or the last allowed turn, is th
 last number equals the record's answer (``NumericMatchReward``), else 0; the episode's first tool call that evaluates
 adds ``tool_reward`` (once per episode). The default instructions carry two worked tool-use examples: without one a
 small model never calls the tool, and with a 0/1 answer reward alone every group's rewards are equal.
+
+``DigitCompareEnvironment`` (images in a later turn): turn 1 shows the record's digit and asks which digit it is
+(reward ``identify_reward`` when named); turn 2 shows a second, different digit and asks whether it is larger than
+the first (reward 1 for the right yes / no).
 """
 
 from __future__ import annotations
@@ -27,11 +33,33 @@ import copy
 import math
 import operator
 import re
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
+from PIL import Image
+
 from prismrl.choices import check_positive_int
-from prismrl.data.records import PromptRecord
+from prismrl.data.records import IMAGE_PLACEHOLDER, PromptRecord
 from prismrl.rewards.functions import NumericMatchReward, import_callable
+
+
+@dataclass
+class Observation:
+    """A user turn with images: ``text`` holds one "<image>" where each of ``images`` goes."""
+
+    text: str
+    images: list[Image.Image] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Observation.text: expected str, received {type(self.text).__name__}")
+        if not isinstance(self.images, list) or not all(isinstance(i, Image.Image) for i in self.images):
+            raise TypeError(f"Observation.images: expected a list of PIL images, received {self.images!r:.80}")
+        if self.text.count(IMAGE_PLACEHOLDER) != len(self.images):
+            raise ValueError(f"Observation.text: expected {len(self.images)} {IMAGE_PLACEHOLDER!r} placeholder(s), "
+                             f"one per image, received {self.text.count(IMAGE_PLACEHOLDER)}")
 
 
 @runtime_checkable
@@ -43,7 +71,7 @@ class Environment(Protocol):
     def reset(self, record: PromptRecord) -> str:
         """Start an episode on ``record``; returns the first user turn."""
 
-    def step(self, completion: str) -> tuple[str | None, float, bool]:
+    def step(self, completion: str) -> tuple[str | Observation | None, float, bool]:
         """The assistant's turn -> (next user turn or None, this turn's reward, done)."""
 
 
@@ -196,3 +224,71 @@ class CalculatorEnvironment:
             return f"<result>{result}</result>", reward, False
         answer = CALC_PATTERN.sub("", completion)
         return None, float(self.scorer([answer], [self.record])[0]), True
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@lru_cache(maxsize=1)
+def _digits_by_label() -> tuple[Any, dict[int, list[int]]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, {k: [i for i, y in enumerate(digits.target) if y == k] for k in range(10)}
+
+
+def digit_image(label: int, pick: int) -> Image.Image:
+    """An RGB 32x32 picture of a ``label`` digit from scikit-learn's digits (the ``pick``-th such, modulo)."""
+    import io
+
+    from prismrl.data.digits import render_digit
+
+    images, by_label = _digits_by_label()
+    rows = by_label[int(label)]
+    return Image.open(io.BytesIO(render_digit(images[rows[pick % len(rows)]]))).convert("RGB")
+
+
+class DigitCompareEnvironment:
+    """Two turns over a digit record (``meta["label"]``, one image): name the digit, then compare a second one.
+
+    Turn 1 (first prompt): the record's image, "Which digit is this?"; reward ``identify_reward`` when the reply
+    names it (word or numeral). Turn 2 (an Observation with a second image of a different digit, chosen from the
+    record so every row of a group sees the same one): "Is this digit larger than the first one? Answer yes or
+    no."; reward 1 when the first yes / no in the reply is right.
+
+    Args:
+        identify_reward: reward of naming the first digit (turn 1).
+        seed: picks the second digit (with the record's label and image bytes).
+    """
+
+    max_turns = 2
+    FIRST = IMAGE_PLACEHOLDER + "Which digit is this?"
+    SECOND = IMAGE_PLACEHOLDER + "Is this digit larger than the first one? Answer yes or no."
+
+    def __init__(self, identify_reward: float = 0.2, seed: int = 0) -> None:
+        self.identify_reward, self.seed = float(identify_reward), int(seed)
+        self.label: int | None = None
+        self.second: int | None = None
+        self.second_image: Image.Image | None = None
+
+    def reset(self, record: PromptRecord) -> str:
+        label = (record.meta or {}).get("label") if isinstance(record, PromptRecord) else None
+        if not isinstance(label, int) or not 0 <= label <= 9 or len(record.images) != 1:
+            raise ValueError(f"record: expected a PromptRecord with one image and an int meta['label'] in 0..9, "
+                             f"received {record!r:.120}")
+        key = zlib.crc32(record.images[0].tobytes()) ^ self.seed
+        self.label, self.second = label, (label + 1 + key % 9) % 10  # any digit but the first
+        self.second_image = digit_image(self.second, key // 9)
+        return self.FIRST
+
+    def step(self, completion: str) -> tuple[Observation | None, float, bool]:
+        if self.label is None:
+            raise RuntimeError("DigitCompareEnvironment.step: call reset(record) first")
+        text = completion.lower()
+        if self.second_image is not None:  # turn 1 -> show the second digit
+            named = re.search(rf"\b({DIGIT_WORDS[self.label]}|{self.label})\b", text) is not None
+            image, self.second_image = self.second_image, None
+            return Observation(self.SECOND, [image]), self.identify_reward if named else 0.0, False
+        said = re.search(r"\b(yes|no)\b", text)
+        right = "yes" if self.second > self.label else "no"
+        return None, float(said is not None and said.group(1) == right), True

@@ -112,3 +112,38 @@ def test_bad_dapo_and_environment_settings_fail_before_training(cli_tools, tmp_p
     with pytest.raises(ValueError, match=match):
         cli_tools.run(CONFIG, tmp_path, *args)
     assert not (tmp_path / RUN / "version_0/checkpoints").exists()
+
+
+VLM_CONFIG = "configs/grpo/tiny_digit_compare.yaml"
+
+
+def test_vlm_episodes_with_a_later_image_turn_rewards_and_packing_train(cli_tools, tmp_path):
+    """``tiny_digit_compare.yaml``: two-image episodes, per-turn advantages, packed training forwards."""
+    cli = cli_tools.run(VLM_CONFIG, tmp_path, run=False)
+    module, dataset = cli.model, cli.datamodule.dataset("train")
+    module.trainer = cli.trainer
+    batch, _, scores = module.rollout([dataset[0], dataset[1]])
+    assert batch.images_per_sample.tolist() == [2] * 8 and module.rollout_stats["turns"].item() == 2.0
+    vision = torch.isin(batch.input_ids, torch.tensor(module.adapter.image_token_ids))
+    assert int((batch.input_ids == module.adapter.image_token_id).sum()) == 8 * 8 and batch.loss_mask[vision].sum() == 0
+    torch.testing.assert_close(module.sampled.turn_rewards.sum(1), scores.total)
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
+    cli_tools.fit(cli, tmp_path)
+    assert cli.trainer.global_step == 2  # 1 rollout x 2 minibatches of 4 rows
+    moved = [n for n, p in module.policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved
+
+
+def test_turn_rewards_off_keeps_episode_advantages_and_bad_settings_are_named(cli_tools, tmp_path):
+    cli = cli_tools.run(VLM_CONFIG, tmp_path, "--model.init_args.turn_rewards", "false", run=False)
+    module = cli.model
+    module.trainer = cli.trainer
+    records = [cli.datamodule.dataset("train")[0]]
+    module.rollout(records)
+    assert module.sampled.turn_rewards is not None and not module.hparams.turn_rewards  # kept, unused
+    with pytest.raises(ValueError, match="turn_rewards: expected an environment"):
+        cli_tools.run(CONFIG, tmp_path, "--model.init_args.environment", "null", "--model.init_args.turn_rewards",
+                      "true", run=False)
+    with pytest.raises(ValueError, match="turn_rewards: expected advantage_estimator grpo with advantage_scaling "
+                                         "group_std or none, received rloo / group_std"):
+        cli_tools.run(VLM_CONFIG, tmp_path, "--model.init_args.advantage_estimator", "rloo", run=False)

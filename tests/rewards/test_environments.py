@@ -134,3 +134,31 @@ def test_smollm2_calculator_preset_shows_the_tool_and_rewards_calling_it():
     observation, reward, done = env.step(f"<calc>{a}*{b}</calc>")
     assert observation == f"<result>{a * b}</result>" and reward > 0 and not done
     assert env.step(str(a * b)) == (None, 1.0, True)
+
+
+def test_digit_compare_environment_plays_two_turns_with_a_second_image():
+    from prismrl.rewards.environments import DigitCompareEnvironment, Observation, digit_image
+
+    record = PromptRecord("<image>Which digit?", images=[digit_image(4, 1)], answer="4", meta={"label": 4})
+    env = DigitCompareEnvironment(identify_reward=0.3)
+    assert env.reset(record) == "<image>Which digit is this?"
+    second, image = env.second, env.second_image
+    assert second != 4 and image.size == (32, 32) and image.mode == "RGB"
+    again = DigitCompareEnvironment(identify_reward=0.3)
+    again.reset(record)
+    assert again.second == second and again.second_image.tobytes() == image.tobytes()  # the same for a whole group
+    observation, reward, done = env.step("It is a four.")
+    assert isinstance(observation, Observation) and observation.images[0] is image and reward == 0.3 and not done
+    assert observation.text.startswith("<image>") and "larger" in observation.text
+    right = "yes" if second > 4 else "no"
+    assert env.step(f"{right.capitalize()}, it is.") == (None, 1.0, True)
+    again.step("4")  # a numeral names it too
+    assert again.step("no" if right == "yes" else "yes") == (None, 0.0, True)
+    other = DigitCompareEnvironment()
+    other.reset(record)
+    assert other.step("seven")[1] == 0.0
+    seconds = set()
+    for pick in range(12):
+        other.reset(PromptRecord("<image>?", images=[digit_image(4, pick)], meta={"label": 4}))
+        seconds.add(other.second)
+    assert len(seconds) > 2 and 4 not in seconds
