@@ -51,7 +51,7 @@ def test_notebook_executes(repo_root, tmp_path, monkeypatch, name):
     monkeypatch.setenv("PRISMRL_REPO", str(repo_root))
     monkeypatch.setenv("PRISMRL_NOTEBOOK_WORKDIR", str(tmp_path))
     notebook = nbformat.read(repo_root / "notebooks" / name, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
+    NotebookClient(notebook, timeout=1200, kernel_name="python3",
                    resources={"metadata": {"path": str(repo_root / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -4,6 +4,7 @@ offline WandB logger added beside a stage config. Each runs a few real training 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -73,6 +74,9 @@ def test_the_wandb_preset_logs_offline_under_the_run_folder_beside_any_stage(rep
     assert isinstance(logger, WandbLogger) and logger.experiment.settings.mode in ("offline", "dryrun")
     run_dir = tmp_path / "runs/alignment/tiny"
     offline = list((run_dir / "wandb").glob("offline-run-*"))
+    deadline = time.monotonic() + 120  # wandb's service process writes the run file after finish() returns
+    while len(offline) == 1 and not list(offline[0].glob("run-*.wandb")) and time.monotonic() < deadline:
+        time.sleep(1)
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb")), list(run_dir.rglob("*"))[:20]
     assert logger.experiment.name == "tiny/version_0"
     assert (run_dir / "version_0/metrics.csv").is_file()  # the stage's own loggers still write
