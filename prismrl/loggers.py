@@ -64,4 +64,5 @@ class WandbLogger(loggers.WandbLogger):
         if not name and version:  # the CLI's run layout: save_dir = <run dir>, version = version_N
             name = f"{root.resolve().name}/{version}"
         root.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temporary folder when it is missing
-        super().__init__(name=name or None, save_dir=str(root), offline=offline, project=project, **kwargs)
+        # absolute: wandb's service process may run in another working directory than this one
+        super().__init__(name=name or None, save_dir=str(root.resolve()), offline=offline, project=project, **kwargs)
