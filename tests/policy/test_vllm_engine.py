@@ -188,38 +188,6 @@ def test_lora_policy_is_served_merged(served):
 
 
 @pytest.mark.vllm
-def test_lora_policy_served_through_vllms_adapters_follows_updates(served):
-    policy, _, adapter, eos, _ = served
-    lora, _ = build_policy(PolicySettings(model_name_or_path=SMOLLM2, lora={"r": 8, "alpha": 16}))
-    lora.eval()
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.02)
-    prompts = adapter.build_prompts(PROMPTS)
-    sampling = SamplingSettings(max_new_tokens=16)
-    engine = build_rollout_engine(RolloutSettings(engine="vllm", max_model_len=256, max_num_seqs=8,
-                                                  lora_sync="adapter"), lora, adapter, eos)
-    try:
-        assert engine.lora_folder.version == 1  # the base and the first adapters sent at build
-        first = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
-        assert first != sample_completions(policy, prompts, adapter, sampling, eos, greedy=True)
-        assert engine.generate(prompts, sampling, greedy=True) == first
-        with torch.no_grad():
-            for name, p in lora.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(std=0.02)  # an update of the adapters only
-        second = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
-        assert second != first
-        engine.sync_weights(lora)
-        assert engine.lora_folder.version == 2
-        assert engine.generate(prompts, sampling, greedy=True) == second
-    finally:
-        engine.llm = None
-
-
-@pytest.mark.vllm
 def test_sampling_is_seeded_grouped_bounded_and_returns_the_engines_logprobs(served):
     policy, tokenizer, adapter, eos, engine = served
     group = 4
@@ -276,3 +244,36 @@ def test_bad_input_fails_with_the_field_named(served):
     vlm, tokenizer = build_policy(PolicySettings(tiny_config={"model_type": "qwen2_vl"}))
     with pytest.raises(ValueError, match=r"vision-language family 'qwen2_vl'.*use engine: hf"):
         build_rollout_engine(RolloutSettings(engine="vllm"), vlm, None, [0])
+
+
+@pytest.mark.vllm
+def test_lora_policy_served_through_vllms_adapters_follows_updates(served):
+    # last in the module: shutting a second engine down tears down vLLM's process-wide parallel state
+    policy, _, adapter, eos, _ = served
+    torch.manual_seed(3)  # the LoRA A init and the B draws below
+    lora, _ = build_policy(PolicySettings(model_name_or_path=SMOLLM2, lora={"r": 8, "alpha": 16}))
+    lora.eval()
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    prompts = adapter.build_prompts(PROMPTS)
+    sampling = SamplingSettings(max_new_tokens=16)
+    engine = build_rollout_engine(RolloutSettings(engine="vllm", max_model_len=256, max_num_seqs=8,
+                                                  lora_sync="adapter"), lora, adapter, eos)
+    try:
+        assert engine.lora_folder.version == 1  # the base and the first adapters sent at build
+        first = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
+        assert first != sample_completions(policy, prompts, adapter, sampling, eos, greedy=True)
+        assert engine.generate(prompts, sampling, greedy=True) == first
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)  # an update of the adapters only
+        second = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
+        assert second != first
+        engine.sync_weights(lora)
+        assert engine.lora_folder.version == 2
+        assert engine.generate(prompts, sampling, greedy=True) == second
+    finally:
+        engine.llm = None
