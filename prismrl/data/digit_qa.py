@@ -14,23 +14,20 @@ question, answer, question_type, label), published with one atomic rename.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from prismrl.cache import cache_dir, content_key, publish_cache_dir
-from prismrl.data.digits import (
-    DIGIT_NAMES,
-    IMAGE_PX,
-    ROW_GROUP_SIZE,
-    render_digit,
-    stratified_split,
+from prismrl.cache import MANIFEST, cache_dir, content_key, publish_cache_dir
+from prismrl.data.digit_builds import (
+    QADataset,
+    split_digit_records,
+    write_manifest,
+    write_record_parquet,
 )
+from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit
 
 DIGIT_QA_VERSION = 1
 # question type -> (question wordings, answer of a label)
@@ -43,19 +40,10 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], Callable[[int], str]]] = {
              lambda label: "yes" if label > 5 else "no"),
 }
 COLUMNS = ("image", "question", "answer", "question_type", "label")
-_MANIFEST = "manifest.json"
 
 
-@dataclass(frozen=True)
-class DigitQADataset:
+class DigitQADataset(QADataset):
     """Paths of one built copy."""
-
-    root: Path
-    train_parquet: Path
-    val_parquet: Path
-    question_types: tuple[str, ...]
-    num_train: int
-    num_val: int
 
 
 def check_question_types(question_types: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -91,23 +79,17 @@ def qa_records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, types: 
 
 def write_qa_parquet(records: list[dict], path: Path) -> None:
     """Columns image (PNG bytes), question, answer, question_type, label, in row groups of ROW_GROUP_SIZE."""
-    types = {"image": pa.binary(), "label": pa.int64()}
-    table = pa.table({name: pa.array([r[name] for r in records], type=types.get(name, pa.string())) for name in COLUMNS})
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
+    write_record_parquet(records, path, COLUMNS, {"image": pa.binary(), "label": pa.int64()})
 
 
 def _build(tmp: Path, types: tuple[str, ...], val_fraction: float, seed: int) -> None:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images, labels = digits.images, digits.target.astype(np.int64)  # [N, 8, 8], [N]
-    train_rows, val_rows = stratified_split(labels, val_fraction, seed)
-    train = qa_records(images, labels, train_rows, types, np.random.default_rng([seed, 1]))
-    val = qa_records(images, labels, val_rows, types, np.random.default_rng([seed, 2]))
+    streams = {"train": 1, "val": 2}  # the RNG stream of each split's wordings and shuffle
+    train, val = split_digit_records(val_fraction, seed, lambda images, labels, rows, split: qa_records(
+        images, labels, rows, types, np.random.default_rng([seed, streams[split]])))
     write_qa_parquet(train, tmp / "train.parquet")
     write_qa_parquet(val, tmp / "val.parquet")
-    manifest = {"version": DIGIT_QA_VERSION, "question_types": list(types), "num_train": len(train), "num_val": len(val)}
-    (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))  # written last: marks a complete build
+    write_manifest(tmp, {"version": DIGIT_QA_VERSION, "question_types": list(types), "num_train": len(train),
+                         "num_val": len(val)})
 
 
 def digit_qa_cache_path(root: str | Path | None = None, question_types: tuple[str, ...] = tuple(QUESTION_TYPES),
@@ -125,10 +107,8 @@ def ensure_digit_qa(root: str | Path | None = None, question_types: tuple[str, .
     """Return the cached digit QA set, building it (about a second) if it is not there yet."""
     types = check_question_types(question_types)
     final = digit_qa_cache_path(root, types, val_fraction, seed)
-    folder = publish_cache_dir(final, lambda tmp: _build(tmp, types, val_fraction, seed), _MANIFEST)
-    manifest = json.loads((folder / _MANIFEST).read_text())
-    return DigitQADataset(folder, folder / "train.parquet", folder / "val.parquet", types,
-                          int(manifest["num_train"]), int(manifest["num_val"]))
+    folder = publish_cache_dir(final, lambda tmp: _build(tmp, types, val_fraction, seed), MANIFEST)
+    return DigitQADataset.at(folder, types)
 
 
 __all__ = [

@@ -27,28 +27,30 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from prismrl.cache import cache_dir, content_key, publish_cache_dir
+from prismrl.cache import MANIFEST, cache_dir, content_key, publish_cache_dir
+from prismrl.data.digit_builds import (
+    check_val_voices,
+    clip_columns,
+    draw_clip,
+    seeded_rows,
+    split_digit_records,
+    split_voices,
+    write_manifest,
+)
 from prismrl.data.digits import (
     DIGIT_NAMES,
     IMAGE_PX,
     ROW_GROUP_SIZE,
     make_caption,
     render_digit,
-    stratified_split,
     write_digit_parquet,
 )
-from prismrl.data.spoken_digits import (
-    clip_bytes,
-    clips_by_digit,
-    spoken_digit_clips,
-    spoken_digit_voices,
-)
+from prismrl.data.spoken_digits import clips_by_digit, spoken_digit_clips
 
 TRIMODAL_DIGITS_VERSION = 1
 TRAIN_SHARDS = 4
 VAL_SHARDS = 2
 DEFAULT_VAL_VOICES = ("en-gb-x-gbclan+m7", "en-us+f5")
-_MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,7 @@ class TriModalDigitsConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), received {value!r}")
-        object.__setattr__(self, "val_voices", tuple(self.val_voices))
-        voices = spoken_digit_voices()
-        if not 0 < len(self.val_voices) < len(voices) or not set(self.val_voices) <= set(voices):
-            raise ValueError(f"val_voices: expected 1..{len(voices) - 1} of {voices}, received {list(self.val_voices)}")
+        object.__setattr__(self, "val_voices", check_val_voices(self.val_voices))
 
 
 @dataclass(frozen=True)
@@ -90,23 +89,20 @@ def _records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, voices: l
              config: TriModalDigitsConfig) -> list[dict]:
     pools = clips_by_digit(voices)
     records = []
-    for row in rows:
-        rng = np.random.default_rng([config.seed, int(row)])  # per-row stream: independent of split order
+    for row, rng in seeded_rows(rows, config.seed):
         label = int(labels[row])
         caption = make_caption(label, rng)
-        clip = pools[label][int(rng.integers(len(pools[label])))]
+        clip = draw_clip(pools, label, rng)
         no_text, no_audio = rng.random(2) < (config.missing_text_fraction, config.missing_audio_fraction)
         records.append({
-            "key": f"trimodal-{int(row):06d}", "png": render_digit(images[row]), "label": label,
-            "caption": None if no_text else caption,
-            "wav": None if no_audio else clip_bytes(clip), "audio_file": None if no_audio else clip.file,
-            "voice": None if no_audio else clip.voice,
+            "key": f"trimodal-{row:06d}", "png": render_digit(images[row]), "label": label,
+            "caption": None if no_text else caption, **clip_columns(clip, not no_audio),
         })
     return records
 
 
 def _write_parquet(records: list[dict], path: Path) -> None:
-    extra = {"audio": pa.array([r["wav"] for r in records], type=pa.binary())}
+    extra = {"audio": pa.array([r["audio"] for r in records], type=pa.binary())}
     extra.update({name: pa.array([r[name] for r in records], type=pa.string()) for name in ("audio_file", "voice")})
     write_digit_parquet(records, path, extra)
 
@@ -126,30 +122,24 @@ def write_member_shards(samples: list[dict[str, object]], folder: Path, prefix: 
 def _members(record: dict) -> dict[str, object]:
     meta = {"label": record["label"], "label_name": DIGIT_NAMES[record["label"]], "audio_file": record["audio_file"],
             "voice": record["voice"]}
-    return {"__key__": record["key"], "png": record["png"], "txt": record["caption"], "wav": record["wav"],
+    return {"__key__": record["key"], "png": record["png"], "txt": record["caption"], "wav": record["audio"],
             "json": json.dumps(meta)}
 
 
 def _build(tmp: Path, config: TriModalDigitsConfig) -> None:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images, labels = digits.images, digits.target.astype(np.int64)  # [N, 8, 8], [N]
-    train_rows, val_rows = stratified_split(labels, config.val_fraction, config.seed)
-    train_voices = [v for v in spoken_digit_voices() if v not in config.val_voices]
-    train = _records(images, labels, train_rows, train_voices, config)
-    val = _records(images, labels, val_rows, list(config.val_voices), config)
+    voices = split_voices(config.val_voices)
+    train, val = split_digit_records(config.val_fraction, config.seed, lambda images, labels, rows, split:
+                                     _records(images, labels, rows, voices[split], config))
     _write_parquet(train, tmp / "train.parquet")
     _write_parquet(val, tmp / "val.parquet")
     train_pattern = write_member_shards([_members(r) for r in train], tmp, "train", TRAIN_SHARDS)
     val_pattern = write_member_shards([_members(r) for r in val], tmp, "val", VAL_SHARDS)
-    manifest = {"version": TRIMODAL_DIGITS_VERSION, "num_train": len(train), "num_val": len(val),
-                "train_shards": Path(train_pattern).name, "val_shards": Path(val_pattern).name}
-    (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))  # written last: marks a complete build
+    write_manifest(tmp, {"version": TRIMODAL_DIGITS_VERSION, "num_train": len(train), "num_val": len(val),
+                         "train_shards": Path(train_pattern).name, "val_shards": Path(val_pattern).name})
 
 
 def _dataset_at(folder: Path) -> TriModalDigitsDataset:
-    manifest = json.loads((folder / _MANIFEST).read_text())
+    manifest = json.loads((folder / MANIFEST).read_text())
     return TriModalDigitsDataset(
         folder, folder / "train.parquet", folder / "val.parquet", str(folder / manifest["train_shards"]),
         str(folder / manifest["val_shards"]), list(DIGIT_NAMES), int(manifest["num_train"]), int(manifest["num_val"]),
@@ -172,7 +162,7 @@ def ensure_trimodal_digits(root: str | Path | None = None,
     """Return the cached tri-modal digits set, building it (a few seconds) if it is not there yet."""
     config = config or TriModalDigitsConfig()
     final = trimodal_digits_cache_path(root, config)
-    return _dataset_at(publish_cache_dir(final, lambda tmp: _build(tmp, config), _MANIFEST))
+    return _dataset_at(publish_cache_dir(final, lambda tmp: _build(tmp, config), MANIFEST))
 
 
 __all__ = [

@@ -21,18 +21,27 @@ published with one atomic rename.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from prismrl.cache import cache_dir, content_key, publish_cache_dir
-from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit, stratified_split
-from prismrl.data.spoken_digits import clip_bytes, clips_by_digit, spoken_digit_clips, spoken_digit_voices
+from prismrl.cache import MANIFEST, cache_dir, content_key, publish_cache_dir
+from prismrl.data.digit_builds import (
+    QADataset,
+    check_val_voices,
+    clip_columns,
+    draw_clip,
+    seeded_rows,
+    split_digit_records,
+    split_voices,
+    write_manifest,
+    write_record_parquet,
+)
+from prismrl.data.digits import DIGIT_NAMES, IMAGE_PX, ROW_GROUP_SIZE, render_digit
+from prismrl.data.spoken_digits import clips_by_digit, spoken_digit_clips
 from prismrl.data.trimodal_digits import DEFAULT_VAL_VOICES
 
 TRIMODAL_QA_VERSION = 1
@@ -46,7 +55,6 @@ TRIMODAL_QUESTION_TYPES: dict[str, tuple[tuple[str, ...], Callable[[int, int], s
               lambda shown, spoken: "yes" if shown == spoken else "no", True),
 }
 COLUMNS = ("image", "audio", "question", "answer", "question_type", "label", "spoken_label", "audio_file", "voice")
-_MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -72,22 +80,11 @@ class TriModalQAConfig:
                              f"received {self.missing_audio_fraction!r}")
         if not 0.0 <= self.match_probability <= 1.0:
             raise ValueError(f"match_probability: expected a probability in [0, 1], received {self.match_probability!r}")
-        object.__setattr__(self, "val_voices", tuple(self.val_voices))
-        voices = spoken_digit_voices()
-        if not 0 < len(self.val_voices) < len(voices) or not set(self.val_voices) <= set(voices):
-            raise ValueError(f"val_voices: expected 1..{len(voices) - 1} of {voices}, received {list(self.val_voices)}")
+        object.__setattr__(self, "val_voices", check_val_voices(self.val_voices))
 
 
-@dataclass(frozen=True)
-class TriModalQADataset:
+class TriModalQADataset(QADataset):
     """Paths of one built copy."""
-
-    root: Path
-    train_parquet: Path
-    val_parquet: Path
-    question_types: tuple[str, ...]
-    num_train: int
-    num_val: int
 
 
 def trimodal_qa_records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, voices: list[str],
@@ -95,21 +92,19 @@ def trimodal_qa_records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray
     """One record per image row (see the module docstring), in ``rows`` order."""
     pools = clips_by_digit(voices)
     records = []
-    for row in rows:
-        rng = np.random.default_rng([config.seed, int(row)])  # per-row stream: independent of split order
+    for row, rng in seeded_rows(rows, config.seed):
         shown = int(labels[row])
         others = [d for d in range(10) if d != shown]
         spoken = shown if rng.random() < config.match_probability else others[int(rng.integers(len(others)))]
-        clip = pools[spoken][int(rng.integers(len(pools[spoken])))]
+        clip = draw_clip(pools, spoken, rng)
         has_audio = bool(rng.random() >= config.missing_audio_fraction)
         allowed = [t for t in config.question_types if has_audio or not TRIMODAL_QUESTION_TYPES[t][2]] or ["digit"]
         question_type = allowed[int(rng.integers(len(allowed)))]
         wordings, answer, _ = TRIMODAL_QUESTION_TYPES[question_type]
         records.append({
-            "image": render_digit(images[row]), "audio": clip_bytes(clip) if has_audio else None,
+            "image": render_digit(images[row]), **clip_columns(clip, has_audio),
             "question": wordings[int(rng.integers(len(wordings)))], "answer": answer(shown, spoken),
             "question_type": question_type, "label": shown, "spoken_label": spoken if has_audio else -1,
-            "audio_file": clip.file if has_audio else None, "voice": clip.voice if has_audio else None,
         })
     return records
 
@@ -117,23 +112,16 @@ def trimodal_qa_records(images: np.ndarray, labels: np.ndarray, rows: np.ndarray
 def write_trimodal_qa_parquet(records: list[dict], path: Path) -> None:
     """The ``COLUMNS`` of ``records`` in row groups of ROW_GROUP_SIZE."""
     types = {"image": pa.binary(), "audio": pa.binary(), "label": pa.int64(), "spoken_label": pa.int64()}
-    table = pa.table({name: pa.array([r[name] for r in records], type=types.get(name, pa.string())) for name in COLUMNS})
-    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
+    write_record_parquet(records, path, COLUMNS, types)
 
 
 def _build(tmp: Path, config: TriModalQAConfig) -> None:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images, labels = digits.images, digits.target.astype(np.int64)  # [N, 8, 8], [N]
-    train_rows, val_rows = stratified_split(labels, config.val_fraction, config.seed)
-    train_voices = [v for v in spoken_digit_voices() if v not in config.val_voices]
-    train = trimodal_qa_records(images, labels, train_rows, train_voices, config)
-    val = trimodal_qa_records(images, labels, val_rows, list(config.val_voices), config)
+    voices = split_voices(config.val_voices)
+    train, val = split_digit_records(config.val_fraction, config.seed, lambda images, labels, rows, split:
+                                     trimodal_qa_records(images, labels, rows, voices[split], config))
     write_trimodal_qa_parquet(train, tmp / "train.parquet")
     write_trimodal_qa_parquet(val, tmp / "val.parquet")
-    manifest = {"version": TRIMODAL_QA_VERSION, "num_train": len(train), "num_val": len(val)}
-    (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))  # written last: marks a complete build
+    write_manifest(tmp, {"version": TRIMODAL_QA_VERSION, "num_train": len(train), "num_val": len(val)})
 
 
 def trimodal_qa_cache_path(root: str | Path | None = None, config: TriModalQAConfig | None = None) -> Path:
@@ -150,10 +138,8 @@ def trimodal_qa_cache_path(root: str | Path | None = None, config: TriModalQACon
 def ensure_trimodal_qa(root: str | Path | None = None, config: TriModalQAConfig | None = None) -> TriModalQADataset:
     """Return the cached tri-modal QA set, building it (a few seconds) if it is not there yet."""
     config = config or TriModalQAConfig()
-    folder = publish_cache_dir(trimodal_qa_cache_path(root, config), lambda tmp: _build(tmp, config), _MANIFEST)
-    manifest = json.loads((folder / _MANIFEST).read_text())
-    return TriModalQADataset(folder, folder / "train.parquet", folder / "val.parquet", config.question_types,
-                             int(manifest["num_train"]), int(manifest["num_val"]))
+    folder = publish_cache_dir(trimodal_qa_cache_path(root, config), lambda tmp: _build(tmp, config), MANIFEST)
+    return TriModalQADataset.at(folder, config.question_types)
 
 
 __all__ = [

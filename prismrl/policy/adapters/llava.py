@@ -9,12 +9,13 @@ patch 14): 576 tokens.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
 from prismrl.backbones.tokenizers import tiny_decoder_kwargs
-from prismrl.policy.adapters.base import ProcessedImages, ProcessorSettings, VLMAdapter
+from prismrl.policy.adapters.base import ProcessedImages, ProcessorSettings
+from prismrl.policy.adapters.single_image_token import SingleImageTokenAdapter
 from prismrl.policy.adapters.tiny import add_special_tokens, merged_overrides
 
 CLS_VISION_TYPES = frozenset({"clip_vision_model"})
@@ -25,12 +26,14 @@ def side(value) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
-class LlavaAdapter(VLMAdapter):
+class LlavaAdapter(SingleImageTokenAdapter):
     """LLaVA: fixed-size images, ``<image>`` tokens, 1-D RoPE; see the module docstring."""
 
     model_types = ("llava",)
     special_tokens = {"image_token_id": "<image>"}
     image_settings = ("image_mean", "image_std")
+    config_class: ClassVar[str] = "LlavaConfig"  # transformers names of the family's config and image processor
+    image_processor_class: ClassVar[str] = "LlavaImageProcessor"  # (its "...Pil" variant when transformers has one)
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
@@ -43,8 +46,8 @@ class LlavaAdapter(VLMAdapter):
         vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                   "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
         vision = merged_overrides(vision, overrides, "vision_config")
-        return transformers.LlavaConfig(text_config=text, vision_config=vision, image_token_index=ids["image_token_id"],
-                                        **overrides)
+        return getattr(transformers, cls.config_class)(text_config=text, vision_config=vision,
+                                                       image_token_index=ids["image_token_id"], **overrides)
 
     def __init__(
         self, tokenizer, config, image_processor=None, system_prompt: str | None = None, use_chat_template: bool = True,
@@ -52,30 +55,22 @@ class LlavaAdapter(VLMAdapter):
     ) -> None:
         super().__init__(tokenizer, config, system_prompt, use_chat_template, processor)
         vision = config.vision_config
-        size, patch = side(vision.image_size), side(vision.patch_size)
+        self.tile, self.patch = side(vision.image_size), side(vision.patch_size)
         has_cls = vision.model_type in CLS_VISION_TYPES
         drops_first = config.vision_feature_select_strategy == "default"
-        self.tokens_per_image = (size // patch) ** 2 + int(has_cls) - int(drops_first)
+        self.tokens_per_image = (self.tile // self.patch) ** 2 + int(has_cls) - int(drops_first)  # of one tile
         import transformers
 
-        cls = getattr(transformers, "LlavaImageProcessorPil", None) or transformers.LlavaImageProcessor
-        self.image_processor = self.build_image_processor(
-            image_processor, cls, size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-        self._image_id = int(config.image_token_id)
-        self._image_text = tokenizer.convert_ids_to_tokens(self._image_id)
+        name = self.image_processor_class
+        cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+        self.image_processor = self.build_image_processor(image_processor, cls, **self.image_processor_kwargs())
+        self.set_image_token(config.image_token_id)
 
-    @property
-    def image_token_ids(self) -> list[int]:
-        return [self._image_id]
-
-    @property
-    def image_token_id(self) -> int:
-        return self._image_id
+    def image_processor_kwargs(self) -> dict[str, Any]:
+        """The default image processor's kwargs: resize the shortest edge to the tile, center-crop a square tile."""
+        return {"size": {"shortest_edge": self.tile}, "crop_size": {"height": self.tile, "width": self.tile}}
 
     def process_images(self, images: list[Image.Image]) -> ProcessedImages:
         pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]  # [N, 3, S, S]
         n = len(images)
         return ProcessedImages(pixel_values, [1] * n, [self.tokens_per_image] * n, {})
-
-    def image_text(self, num_tokens: int) -> str:
-        return self._image_text * num_tokens

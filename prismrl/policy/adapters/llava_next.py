@@ -18,15 +18,14 @@ as ``LlavaNextProcessor`` counts them.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import torch
 from PIL import Image
 
-from prismrl.backbones.tokenizers import tiny_decoder_kwargs
-from prismrl.policy.adapters.base import ProcessedImages, ProcessorSettings, VLMAdapter
-from prismrl.policy.adapters.llava import CLS_VISION_TYPES, side
-from prismrl.policy.adapters.tiny import add_special_tokens, merged_overrides
+from prismrl.policy.adapters.base import ProcessedImages
+from prismrl.policy.adapters.llava import CLS_VISION_TYPES, LlavaAdapter
 
 
 def anyres_tokens(height: int, width: int, tile: int, patch: int, pinpoints: list[list[int]], base: int
@@ -45,61 +44,40 @@ def anyres_tokens(height: int, width: int, tile: int, patch: int, pinpoints: lis
     return gh * gw + 1, base + ch * cw + ch
 
 
-class LlavaNextAdapter(VLMAdapter):
-    """LLaVA-NeXT: anyres tiles, ``<image>`` tokens, ``image_sizes``, 1-D RoPE; see the module docstring."""
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT: anyres tiles, ``<image>`` tokens, ``image_sizes``, 1-D RoPE; see the module docstring.
+
+    LLaVA's tiny towers, tile size, image token and processor setup, with anyres tiling added."""
 
     model_types = ("llava_next",)
-    special_tokens = {"image_token_id": "<image>"}
-    image_settings = ("image_mean", "image_std")
+    config_class = "LlavaNextConfig"
+    image_processor_class = "LlavaNextImageProcessor"
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
         """LLaVA-NeXT: a 2-layer llama of width 64, a 2-layer CLIP tower at 28 px, patch 14 (4 patches per tile),
         grid pinpoints 28x56, 56x28, 56x56 (2 to 4 tiles + the base tile)."""
-        import transformers
+        return super().tiny_config(tokenizer, **{"image_grid_pinpoints": [[28, 56], [56, 28], [56, 56]], **overrides})
 
-        overrides = dict(overrides)
-        ids = add_special_tokens(tokenizer, cls.special_tokens)
-        text = merged_overrides({**tiny_decoder_kwargs(tokenizer), "model_type": "llama"}, overrides, "text_config")
-        vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                  "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
-        vision = merged_overrides(vision, overrides, "vision_config")
-        overrides.setdefault("image_grid_pinpoints", [[28, 56], [56, 28], [56, 56]])
-        return transformers.LlavaNextConfig(text_config=text, vision_config=vision,
-                                            image_token_index=ids["image_token_id"], **overrides)
+    @property
+    def base_tokens(self) -> int:
+        """Image tokens of the base tile: p * p, one feature per patch."""
+        return self.tokens_per_image
 
-    def __init__(
-        self, tokenizer, config, image_processor=None, system_prompt: str | None = None, use_chat_template: bool = True,
-        processor: ProcessorSettings | None = None,
-    ) -> None:
-        super().__init__(tokenizer, config, system_prompt, use_chat_template, processor)
-        vision = config.vision_config
-        self.tile, self.patch = side(vision.image_size), side(vision.patch_size)
-        has_cls = vision.model_type in CLS_VISION_TYPES
-        drops_first = config.vision_feature_select_strategy == "default"
-        self.base_tokens = (self.tile // self.patch) ** 2 + int(has_cls) - int(drops_first)
+    @cached_property
+    def pinpoints(self) -> list[list[int]]:
+        """The (H, W) grid resolutions an image may be resized to (``config.image_grid_pinpoints``)."""
+        return [list(p) for p in self.config.image_grid_pinpoints]
+
+    def image_processor_kwargs(self) -> dict[str, Any]:
+        """LLaVA's kwargs plus the grid pinpoints; first checks that the tower keeps one feature per patch."""
+        vision, strategy = self.config.vision_config, self.config.vision_feature_select_strategy
         if self.base_tokens != (self.tile // self.patch) ** 2:
+            has_cls = vision.model_type in CLS_VISION_TYPES
             raise ValueError(
                 f"config.vision_feature_select_strategy: LLaVA-NeXT needs one feature per patch; with a "
-                f"{vision.model_type} tower use {'default' if has_cls else 'full'}, received "
-                f"{config.vision_feature_select_strategy!r}")
-        self.pinpoints = [list(p) for p in config.image_grid_pinpoints]
-        import transformers
-
-        cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
-        self.image_processor = self.build_image_processor(
-            image_processor, cls, size={"shortest_edge": self.tile}, crop_size={"height": self.tile, "width": self.tile},
-            image_grid_pinpoints=self.pinpoints)
-        self._image_id = int(config.image_token_id)
-        self._image_text = tokenizer.convert_ids_to_tokens(self._image_id)
-
-    @property
-    def image_token_ids(self) -> list[int]:
-        return [self._image_id]
-
-    @property
-    def image_token_id(self) -> int:
-        return self._image_id
+                f"{vision.model_type} tower use {'default' if has_cls else 'full'}, received {strategy!r}")
+        return {**super().image_processor_kwargs(), "image_grid_pinpoints": self.pinpoints}
 
     def process_images(self, images: list[Image.Image]) -> ProcessedImages:
         out = self.image_processor(images=images, return_tensors="pt")
@@ -109,6 +87,3 @@ class LlavaNextAdapter(VLMAdapter):
         tiles = [t for t, _ in counts]
         pixel_values = torch.cat([padded[i, :t] for i, t in enumerate(tiles)])  # [sum tiles, 3, S, S]
         return ProcessedImages(pixel_values, tiles, [n for _, n in counts], {"image_sizes": sizes})
-
-    def image_text(self, num_tokens: int) -> str:
-        return self._image_text * num_tokens

@@ -15,10 +15,11 @@ from PIL import Image
 
 from prismrl.data.images import ImageTransform
 from prismrl.data.records import IMAGE_PLACEHOLDER
-from prismrl.policy.adapters.base import ProcessedImages, VLMAdapter
+from prismrl.policy.adapters.base import ProcessedImages
+from prismrl.policy.adapters.single_image_token import SingleImageTokenAdapter
 
 
-class VisualPrefixAdapter(VLMAdapter):
+class VisualPrefixAdapter(SingleImageTokenAdapter):
     """Batches for a ``VisualPrefixPolicy``; see the module docstring."""
 
     model_types = ("prismrl_visual_prefix",)
@@ -33,15 +34,7 @@ class VisualPrefixAdapter(VLMAdapter):
         self.use_chat_template = True
         self.transform = ImageTransform(config.image_size, config.image_mean, config.image_std)
         self.tokens_per_image = int(config.num_latents)
-        self._image_id, self._image_text = int(config.image_token_id), str(config.image_token)
-
-    @property
-    def image_token_ids(self) -> list[int]:
-        return [self._image_id]
-
-    @property
-    def image_token_id(self) -> int:
-        return self._image_id
+        self.set_image_token(config.image_token_id, config.image_token)
 
     def render_prompt(self, prompt: str) -> str:
         """One placeholder per image, then the VL-SFT prompt template around the prompt's text."""
@@ -52,6 +45,3 @@ class VisualPrefixAdapter(VLMAdapter):
         pixel_values = torch.stack([self.transform(image, f"images[{i}]") for i, image in enumerate(images)])
         n = len(images)
         return ProcessedImages(pixel_values, [1] * n, [self.tokens_per_image] * n, {})  # [N, 3, S, S]
-
-    def image_text(self, num_tokens: int) -> str:
-        return self._image_text * num_tokens
