@@ -71,6 +71,12 @@ def check_quantization(quantization: str | None) -> None:
                          "4-bit (NF4) base weights need a CUDA GPU. '8bit' (bitsandbytes Linear8bitLt) runs on CPU")
 
 
+def holds_quantized_weights(module: torch.nn.Module | None) -> bool:
+    """Whether ``module`` holds a transformers model loaded with bitsandbytes 8-bit or 4-bit weights."""
+    return module is not None and any(getattr(m, "is_loaded_in_8bit", False) or getattr(m, "is_loaded_in_4bit", False)
+                                      for m in module.modules())
+
+
 class _FirstTimeOnly(logging.Filter):
     """Lets a given log message through once per process (bitsandbytes repeats one per layer and call)."""
 

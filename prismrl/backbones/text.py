@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from prismrl.backbones.causal_lm import check_quantization, quantization_config
 from prismrl.backbones.lora import LoraSettings, prepare_hf_backbone
 from prismrl.backbones.pooling import EncoderOutput, masked_mean
 from prismrl.backbones.shipped import (
@@ -64,6 +65,20 @@ def _without_pooler(model_cls: type) -> dict[str, Any]:
     return {"add_pooling_layer": False} if takes_flag else {}
 
 
+def _check_quantized_setup(quantization: str | None, tiny_config: dict | None, lora: Any) -> None:
+    """Refuse an unknown value, "4bit" without CUDA, quantized random-init weights and a quantized base without LoRA."""
+    check_quantization(quantization)
+    if quantization is None:
+        return
+    if tiny_config is not None:
+        raise ValueError(f"quantization: expected None with tiny_config (random-init weights are not quantized; "
+                         f"transformers quantizes pretrained weights while loading them), received {quantization!r}; "
+                         "give model_name_or_path instead")
+    if lora is None:
+        raise ValueError(f"quantization: {quantization!r} base weights cannot be trained; expected lora (QLoRA: "
+                         "adapters over the frozen quantized base), received lora=None")
+
+
 class HFTextEncoder(nn.Module):
     """Encode texts with a transformers encoder.
 
@@ -72,6 +87,10 @@ class HFTextEncoder(nn.Module):
     Build from exactly one of `model_name_or_path` (HF id, folder or "shipped:<alias>") or
     `tiny_config` (random init; the tokenizer defaults to the shipped MiniLM one, and the config's
     pad_token_id to the tokenizer's unless given).
+    `quantization` ("8bit" | "4bit" | None) loads the pretrained base weights through bitsandbytes (QLoRA):
+    "8bit" (`Linear8bitLt`) runs on CPU and GPU, "4bit" (NF4) needs CUDA. It needs `lora` (the int8/NF4 base
+    stays frozen; only the adapters train) and `model_name_or_path` (a random-init tiny_config has no
+    pretrained weights to quantize; transformers quantizes while loading them).
     """
 
     def __init__(
@@ -85,11 +104,14 @@ class HFTextEncoder(nn.Module):
         freeze: bool = False,
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
+        quantization: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoTokenizer
 
         check_exactly_one(model_name_or_path, tiny_config)
+        _check_quantized_setup(quantization, tiny_config, lora)
+        self.quantization = quantization
         self.pooling = parse_pooling(pooling)
         check_positive_int("max_length", max_length, minimum=2)
         self.max_length = max_length
@@ -99,6 +121,9 @@ class HFTextEncoder(nn.Module):
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path))
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer_name_or_path: tokenizer {tokenizer_name_or_path!r} has no pad token")
+
+        bnb_config = quantization_config(quantization, None)
+        quantized = {} if bnb_config is None else {"quantization_config": bnb_config}
 
         def match_tokenizer(config: Any) -> None:
             if "pad_token_id" not in tiny_config:
@@ -110,8 +135,13 @@ class HFTextEncoder(nn.Module):
             attn_implementation,
             model_class_for=base_model_class,
             config_hook=match_tokenizer,
-            model_kwargs_for=_without_pooler,
+            model_kwargs_for=lambda model_cls: {**_without_pooler(model_cls), **quantized},
         )
+        if quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            # Freezes the base and upcasts half-precision norms; gradient checkpointing stays the project's own (below).
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         self._check_sizes(model.config, tokenizer_name_or_path, tiny_config is not None)
         self.hidden_size: int = int(model.config.hidden_size)
         self.model = prepare_hf_backbone(

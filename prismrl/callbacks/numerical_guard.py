@@ -3,7 +3,9 @@
 Every prismrl stage adds a ``NumericalGuard`` unless the Trainer already has one (``StageModule.configure_callbacks``).
 
 - ``on_before_backward``: the loss must be finite;
-- ``on_before_optimizer_step``: the global gradient norm ``sqrt(sum_p ||grad_p||^2)`` must be finite;
+- ``on_before_optimizer_step``: the global gradient norm ``sqrt(sum_p ||grad_p||^2)`` over the optimizer's
+  parameters must be finite; the stage's norm clipping, which Lightning runs next, reuses it
+  (``StageModule.remember_grad_norm``) instead of computing it again;
 - ``on_save_checkpoint``: every floating-point tensor of the module's state dict must be finite.
 
 ``on_nonfinite="stop"`` (default) raises ``NonFiniteError`` naming the step and the component;
@@ -40,9 +42,13 @@ class OnNonFinite(str, Enum):
 def gradient_norm(module: torch.nn.Module) -> Tensor:
     """The global L2 norm of every gradient of ``module`` (0 when none exists), as a float32 scalar; FSDP2-sharded
     gradients count with their full tensors (``prismrl.backbones.sharding.total_norm``: the same on every rank)."""
+    return _norm_of(module.parameters())
+
+
+def _norm_of(params) -> Tensor:
     from prismrl.backbones.sharding import total_norm
 
-    return total_norm([p.grad for p in module.parameters() if p.grad is not None])
+    return total_norm([p.grad for p in params if p.grad is not None])
 
 
 class NumericalGuard(Callback):
@@ -69,7 +75,11 @@ class NumericalGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if not self._skip_pending:
-            self._handle(trainer, "the gradient norm", gradient_norm(pl_module))
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            norm = _norm_of(params)
+            self._handle(trainer, "the gradient norm", norm)
+            if not self._skip_pending and hasattr(pl_module, "remember_grad_norm"):
+                pl_module.remember_grad_norm(optimizer, norm)
         if not self._skip_pending:
             self.consecutive_skips = 0
             return

@@ -16,6 +16,9 @@ Validation embeds the whole validation set and reports, at every Matryoshka dim 
 image->text and text->image recall@{1,5,10} (items sharing a class are mutual positives) and zero-shot
 classification accuracy from class prompts; with audio also audio<->text and audio<->image recall and the
 audio zero-shot accuracy at the full dim.
+
+Checkpoints hold every tower weight (later stages load towers from them, ``alignment_checkpoint``), except the frozen
+base of a tower loaded with bitsandbytes 8-/4-bit weights: it is rebuilt from its source on load (QLoRA).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prismrl.backbones.causal_lm import holds_quantized_weights
 from prismrl.choices import parse_choice
 from prismrl.data.audio import SAMPLING_RATE, to_mono_16k, unpad_waveforms
 from prismrl.data.batches import ImageTextBatch
@@ -105,11 +109,8 @@ class AlignmentModule(StageModule):
         self.text_tower = text_tower
         self.optimizer_settings = optimizer
         embed_dim = _tower_dim(image_tower, "image_tower")
-        if _tower_dim(text_tower, "text_tower") != embed_dim:
-            raise ValueError(
-                f"text_tower.embed_dim: expected the image tower's embed_dim {embed_dim}, "
-                f"received {_tower_dim(text_tower, 'text_tower')}"
-            )
+        if (text_dim := _tower_dim(text_tower, "text_tower")) != embed_dim:
+            raise ValueError(f"text_tower.embed_dim: expected the image tower's embed_dim {embed_dim}, received {text_dim}")
         if not hasattr(text_tower, "encode_texts"):
             raise TypeError(f"text_tower: expected a module with encode_texts(list[str]), received {type(text_tower).__name__}")
         if not 0.0 <= text_dropout < 1.0:
@@ -204,8 +205,6 @@ class AlignmentModule(StageModule):
         features, presence = self._features(batch, captions)
         out = multimodal_contrastive_loss(features, self._pair_losses(), presence, self.pair_weights)
         self.log("train/loss", out.total, prog_bar=True, batch_size=len(batch))
-        if not self._logging_step():  # each self.log costs about 1 ms of CPU; loggers keep only logging steps
-            return out.total
         for pair, loss in self._pair_losses().items():  # image-text keeps the bi-modal names, other pairs a prefix
             tag, part = ("train/" if pair == IMAGE_TEXT else f"train/{pair_name(pair)}/"), out.pairs[pair]
             values = {"loss_full": part.full, "temperature": loss.base_loss.temperature}
@@ -222,11 +221,6 @@ class AlignmentModule(StageModule):
         moved = {name: value.to(device, non_blocking=True) for name, value in vars(batch).items()
                  if isinstance(value, torch.Tensor) and value.device != device}
         return dataclasses.replace(batch, **moved) if moved else batch
-
-    def _logging_step(self) -> bool:
-        """Whether this training step's values reach the loggers (every ``log_every_n_steps``)."""
-        connector = getattr(self._trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
 
     # ----- evaluation -----
     def validation_step(self, batch: ImageTextBatch, batch_idx: int) -> None:
@@ -311,6 +305,10 @@ class AlignmentModule(StageModule):
             no_decay_names=("logit_scale", "logit_bias", "bias"),
             owner="AlignmentModule (every tower and the loss are frozen)",
         )
+
+    def rebuilt_frozen_children(self) -> tuple[str, ...]:
+        """Towers with bitsandbytes base weights: their frozen base is left out of checkpoints (see the module doc)."""
+        return tuple(n for n in ("image_tower", "text_tower", "audio_tower") if holds_quantized_weights(getattr(self, n)))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

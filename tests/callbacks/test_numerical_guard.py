@@ -10,7 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from prismrl.callbacks.numerical_guard import NonFiniteError, NumericalGuard, check_finite, gradient_norm
+from prismrl.callbacks.numerical_guard import (
+    NonFiniteError,
+    NumericalGuard,
+    check_finite,
+    gradient_norm,
+)
+from prismrl.lightning_modules.plumbing import StageModule
+from prismrl.optim import OptimizerSettings
 
 
 class Regression(pl.LightningModule):
@@ -127,3 +134,47 @@ def test_settings_are_checked():
         NumericalGuard(on_nonfinite="ignore")
     with pytest.raises(ValueError, match="max_consecutive_skips: expected an int >= 1, received 0"):
         NumericalGuard(max_consecutive_skips=0)
+
+
+class ClippedStage(StageModule):
+    """y = W x with large targets, so every step's gradient norm is far above ``MAX_NORM``."""
+
+    def __init__(self, manual: bool) -> None:
+        super().__init__()
+        self.automatic_optimization = not manual
+        self.optimizer_settings = OptimizerSettings(lr=0.1, weight_decay=0.0, max_grad_norm=MAX_NORM)
+        self.layer = nn.Linear(2, 3)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.layer(x), 40.0 * y.expand(-1, 3))
+        if self.automatic_optimization:
+            return loss
+        self.manual_optimizer_step(loss, self.optimizers())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+MAX_NORM = 0.25
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_clipping_reuses_the_guards_norm_and_equals_torchs_clip(tmp_path, manual, monkeypatch):
+    torch.manual_seed(0)
+    module = ClippedStage(manual)
+    reference = ClippedStage(manual)
+    reference.load_state_dict(module.state_dict())
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
+    for x, y in _loader():  # the same steps by hand: loss, backward, torch's norm clipping, SGD
+        optimizer.zero_grad()
+        nn.functional.mse_loss(reference.layer(x), 40.0 * y.expand(-1, 3)).backward()
+        assert torch.nn.utils.clip_grad_norm_(reference.parameters(), MAX_NORM) > 10 * MAX_NORM
+        optimizer.step()
+    calls = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or real_clip(*a, **k))
+    clip = {} if manual else {"gradient_clip_val": MAX_NORM}
+    _trainer(tmp_path, NumericalGuard(), max_steps=8, **clip).fit(module, _loader())
+    assert calls == []  # the norm was computed once per step, by the guard
+    torch.testing.assert_close(module.state_dict(), reference.state_dict(), rtol=1e-6, atol=1e-7)

@@ -52,16 +52,17 @@ def test_transfer_moves_tensor_fields_and_keeps_the_rest():
     assert module.transfer_batch_to_device({"x": torch.ones(1)}, torch.device("meta"), 0)["x"].is_meta
 
 
-def test_per_part_metrics_reach_the_logger_on_logging_steps_only(tmp_path):
+def test_training_values_are_recorded_on_logging_steps_only(tmp_path, monkeypatch):
+    """Each Lightning ``log`` record costs ~1 ms of CPU: per-step values are recorded only where they are read."""
     module, recorder = _module(), _Recorder()
     calls = []
-    log = module.log
-    module.log = lambda name, *args, **kwargs: (calls.append(name), log(name, *args, **kwargs))[-1]
+    log = pl.LightningModule.log
+    monkeypatch.setattr(pl.LightningModule, "log", lambda self, name, *a, **k: (calls.append(name), log(self, name, *a, **k))[-1])
     loader = torch.utils.data.DataLoader([_batch()] * 4, batch_size=None, collate_fn=lambda x: x)
     trainer = pl.Trainer(accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=recorder, limit_val_batches=0,
                          enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(module, train_dataloaders=loader)
-    assert calls.count("train/loss") == 4 and calls.count("train/loss_full") == 2  # steps 2 and 4 log
+    assert calls.count("train/loss") == 2 and calls.count("train/loss_full") == 2  # steps 2 and 4 log
     logged = [keys for keys in recorder.steps.values() if "train/loss" in keys]
     assert len(logged) == 2 and all({"train/loss_full", "train/loss_d8", "train/temperature"} <= k for k in logged)
 
