@@ -38,6 +38,10 @@ EXPECTED = {
     # " seven" is labelled: the recursive decoder's answer vocabulary is printed
     "vl_sft.ipynb": Expected(texts=("val/exact_match_parity", "-> ", "label 4962"),
                              files=("runs/vl_sft/tiny_trm/version_0/checkpoints/last.ckpt",)),
+    # data rows + waveform figure, fit, with-audio vs drop_audio table, predict_step answers
+    "trimodal.ipynb": Expected(min_pngs=2, texts=("question types in train", "playing", "val/exact_match_spoken",
+                                                  "clips in a drop_audio batch: False", "(expected '"),
+                               files=("runs/vl_sft/trimodal_tiny/version_0/checkpoints/last.ckpt",)),
 }
 
 
