@@ -12,8 +12,8 @@ One training step (a batch of P prompt records, G = group_size):
 pi_old log-probs are recorded once per rollout (only when several optimizer steps reuse it; with one step
 pi_old = pi_theta detached, equal in value and gradient); pi_ref is the policy with its LoRA adapters switched
 off (no second copy of the weights), or a frozen copy without LoRA; beta = 0 computes no reference at all.
-These no-grad forwards run each group's shared prompt once (``prismrl.policy.shared_prefix``), and the head
-scores completion positions only. ``trainer.max_steps`` and the learning-rate
+Every forward over a rollout (pi_old, pi_ref and the training forward and backward) runs each group's shared
+prompt once (``prismrl.policy.shared_prefix``, ``share_prompt_prefix``), and the head scores completion positions only. ``trainer.max_steps`` and the learning-rate
 schedule count optimizer steps: rollouts x num_iterations x minibatches per rollout.
 """
 
@@ -104,6 +104,8 @@ class GRPOModule(RolloutStageModule):
         system_prompt: an optional system turn.
         processor: ProcessorSettings (image processor, chat template; None = the model folder's / defaults).
         logprob_chunk_size: rows per log-softmax block (None = auto).
+        share_prompt_prefix: run each group's prompt once in the log-prob forwards (text batches of whole groups;
+            false = every row in full, the same values).
         optimizer: OptimizerSettings (AdamW over the trainable policy weights, warmup + cosine, clipping).
         export_dir: where ``on_fit_end`` saves the adapters (or the full model) and tokenizer.
         rollout_seeding: "per_rank" or "per_prompt" (the same completions however prompts split across ranks).
@@ -139,6 +141,7 @@ class GRPOModule(RolloutStageModule):
         system_prompt: str | None = None,
         processor: ProcessorSettings | None = None,
         logprob_chunk_size: int | None = None,
+        share_prompt_prefix: bool = True,
         optimizer: OptimizerSettings = OptimizerSettings(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99), warmup_ratio=0.0,
                                                          min_lr_ratio=0.1, max_grad_norm=1.0),
         export_dir: str | None = None,
@@ -182,7 +185,13 @@ class GRPOModule(RolloutStageModule):
         check_turn_rewards(turn_rewards, self.sampler.environment, self.estimator, self.scaling)
 
     def _logprobs(self, model, batch: MultimodalBatch, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """[B, T-1] log-probs (and entropies) at the completion positions (0 elsewhere; all positions when packed)."""
+        """[B, T-1] log-probs (and entropies) at the completion positions (0 elsewhere; all positions when packed),
+        the prompt run once per group where the batch allows (``shared_prefix_logprobs``)."""
+        if self.hparams.share_prompt_prefix and self.packing is None:
+            shared = shared_prefix_logprobs(model, batch, self.hparams.group_size, self.sampling.temperature,
+                                            self.hparams.logprob_chunk_size, with_entropy)
+            if shared is not None:
+                return shared
         return policy_logprobs(model, batch, self.sampling.temperature, self.hparams.logprob_chunk_size,
                                with_entropy, self.packing, self.rope_index, positions=batch.loss_mask[:, 1:])
 
@@ -221,17 +230,10 @@ class GRPOModule(RolloutStageModule):
     def _fixed_logprobs(self, batch: MultimodalBatch, needs_old: bool) -> None:
         """Record pi_old (when several steps reuse the rollout) and pi_ref (when beta > 0) log-probs [B, T-1]."""
         if needs_old:
-            batch.old_logprobs = self._fixed(self.policy, batch)
+            batch.old_logprobs = self._logprobs(self.policy, batch)[0]
         if self.hparams.beta > 0:
             with reference_of(self.policy, self.reference) as reference:
-                batch.ref_logprobs = self._fixed(reference, batch)
-
-    def _fixed(self, model, batch: MultimodalBatch) -> Tensor:
-        """No-grad [B, T-1] log-probs, the prompt run once per group where the batch allows (shared_prefix)."""
-        shared = None if self.packing else shared_prefix_logprobs(model, batch, self.hparams.group_size,
-                                                                  self.sampling.temperature,
-                                                                  self.hparams.logprob_chunk_size)
-        return shared if shared is not None else self._logprobs(model, batch)[0]
+                batch.ref_logprobs = self._logprobs(reference, batch)[0]
 
     def training_step(self, records: list[PromptRecord], batch_idx: int) -> Tensor:
         hp = self.hparams

@@ -1,4 +1,4 @@
-"""Group rollouts computed once per prompt: the shared-prefix reference log-probs, the shared prompt prefill of
+"""Group rollouts computed once per prompt: the shared-prefix log-probs (no-grad and training), the shared prompt prefill of
 generate, and log-probs at the completion positions only, each against the plain path on tiny real models."""
 
 import contextlib
@@ -61,11 +61,40 @@ def test_shared_prefix_equals_the_full_forward(setup, adapters_on):
     assert hidden_logprobs_checked(model)
     mask = batch.loss_mask[:, 1:]
     with torch.no_grad(), (contextlib.nullcontext() if adapters_on else model.disable_adapter()):
-        want = policy_logprobs(model, batch, 0.7)[0] * mask
-        got = shared_prefix_logprobs(model, batch, G, 0.7, chunk_size=3)
-    assert got is not None and got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        want, want_entropy = policy_logprobs(model, batch, 0.7, with_entropy=True)
+        got, entropy = shared_prefix_logprobs(model, batch, G, 0.7, chunk_size=3, with_entropy=True)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want * mask, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, want_entropy * mask, atol=1e-4, rtol=1e-4)
     assert (got[mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_shared_prefix_training_forward_gives_the_full_paths_values_and_gradients(setup, checkpointing):
+    """With grad, each prefix gets the sum of its G rows' gradients; a checkpointed layer's replay in backward sees
+    the keys its first forward saw (the prefix cache records, the completion cache only reads)."""
+    model, _, _, batch, _ = setup
+    policy_logprobs(model, batch)  # the first forward checks the head
+    base = model.get_base_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    mask = batch.loss_mask[:, 1:]
+    weights = torch.linspace(-1.0, 2.0, mask.numel()).view_as(mask)  # a loss that weighs every position differently
+    model.train()
+    if checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        full, _ = policy_logprobs(model, batch, 0.7, positions=mask)
+        want = torch.autograd.grad((full * weights).sum(), params)
+        shared, _ = shared_prefix_logprobs(model, batch, G, 0.7, chunk_size=3)
+        got = torch.autograd.grad((shared * weights).sum(), params)
+        assert all(not getattr(m, "_can_checkpoint_with_cache", False) for m in base.modules())  # switch restored
+    finally:
+        base.gradient_checkpointing_disable()
+        model.eval()
+    assert base.model.layers[0].gradient_checkpointing is False
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_shared_prefix_declines_what_it_cannot_share(setup):
@@ -73,11 +102,6 @@ def test_shared_prefix_declines_what_it_cannot_share(setup):
     policy_logprobs(model, batch)
     assert shared_prefix_logprobs(model, batch, 2, 1.0) is None  # groups of 2 hold different prompts
     assert shared_prefix_logprobs(model, batch.select(torch.tensor([0, 1, 3, 2, 4, 5])), G, 1.0) is None
-    model.train()
-    try:
-        assert shared_prefix_logprobs(model, batch, G, 1.0) is None  # training mode: dropout, checkpointing
-    finally:
-        model.eval()
 
 
 def test_generate_with_the_shared_prompt_prefill_samples_the_same_tokens(setup):
