@@ -235,8 +235,9 @@ def total_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
                 sharded.setdefault(t.device_mesh, []).append(t.to_local())
             else:
                 squares.append(torch.linalg.vector_norm(t.full_tensor().float()).square())
-    if plain:
-        squares += [n.float().square() for n in torch._foreach_norm(plain)]  # one kernel per device and dtype
+    if plain:  # one norm kernel per device and dtype, one stack
+        norms = torch._foreach_norm(plain)
+        squares.append(torch.stack([n.to(norms[0].device, torch.float32) for n in norms]).square().sum())
     for mesh, shards in sharded.items():
         local = torch.stack([n.float().square() for n in torch._foreach_norm(shards)]).sum()
         torch.distributed.all_reduce(local, group=mesh.get_group())

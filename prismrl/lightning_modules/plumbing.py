@@ -179,15 +179,17 @@ def with_sharding_argument(init: Callable) -> Callable:
 
 def seen_this_step(module: LightningModule, name: str, options: Mapping[str, Any]) -> bool:
     """Whether a value ``module.log(name, ..., **options)`` records now can be read by anyone: always, except a
-    per-step value (no ``on_epoch``) of an automatic-optimization ``training_step`` on a step where Lightning does not
-    write to the loggers (``log_every_n_steps``), that is not the last batch of the epoch or of the fit (callback
+    per-step value (no ``on_epoch``) of an automatic-optimization ``training_step`` on a step where Lightning writes
+    to no logger (none configured, or not a ``log_every_n_steps`` step), that is not the last batch of the epoch or of the fit (callback
     metrics stay current for ``on_train_epoch_end`` readers and after ``fit``), not shown in an enabled progress
     bar and not monitored by a callback (``ModelCheckpoint``/``EarlyStopping`` ``monitor``)."""
     trainer = module._trainer
     if (trainer is None or not module.automatic_optimization or module._current_fx_name != "training_step"
             or options.get("on_epoch") or options.get("on_step") is False):
         return True
-    if trainer._logger_connector.should_update_logs or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+    if trainer.loggers and trainer._logger_connector.should_update_logs:
+        return True
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
         return True
     if 0 <= trainer.max_steps <= trainer.global_step + 1:
         return True

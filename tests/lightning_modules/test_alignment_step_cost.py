@@ -65,6 +65,15 @@ def test_training_values_are_recorded_on_logging_steps_only(tmp_path, monkeypatc
     assert calls.count("train/loss") == 2 and calls.count("train/loss_full") == 2  # steps 2 and 4 log
     logged = [keys for keys in recorder.steps.values() if "train/loss" in keys]
     assert len(logged) == 2 and all({"train/loss_full", "train/loss_d8", "train/temperature"} <= k for k in logged)
+    calls.clear()  # no logger: only the last step's values (callback metrics after fit) and monitored ones
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    monitor = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="train/loss_full", every_n_train_steps=1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=False, limit_val_batches=0,
+                         callbacks=[monitor], enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(_module(), train_dataloaders=loader)
+    assert calls.count("train/loss") == 1 and calls.count("train/loss_full") == 4 and calls.count("train/loss_d8") == 1
+    assert "train/loss" in trainer.callback_metrics and monitor.best_model_score is not None
 
 
 @pytest.mark.slow
