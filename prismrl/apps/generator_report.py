@@ -11,7 +11,7 @@ the stage's settings and evaluated on the golden **test** split (never seen by t
 Each source also gets data statistics of its parseable examples: ``class_balance`` (normalized entropy of the
 class counts, 1 = even), ``duplicate_rate`` (texts equal to a golden text or an earlier one, compared on their
 case-folded words; the golden row counts repeats within its draw only), text lengths in words and characters, and
-a ``quality_score`` in [0, 1] (``prismrl.apps.generate.quality_score``: the mean of golden accuracy,
+a ``quality_score`` in [0, 1] (``prismrl.apps.synthetic_dataset.quality_score``: the mean of golden accuracy,
 (1 + silhouette) / 2, 1 - parse failure rate, 1 - duplicate rate and class balance).
 A ``golden`` row trains the same classifier on N real golden train examples as a reference point. Each seed
 draws a new set of N samples per generator; the table gives mean and standard deviation over the seeds. Written
@@ -70,7 +70,11 @@ def sample_generator(module, num_samples: int, batch_size: int, baseline: bool, 
 def data_statistics(texts: list[str], labels: list[int], num_classes: int,
                     golden_texts: Sequence[str] = ()) -> dict[str, Any]:
     """Class counts and balance, duplicate rate (vs ``golden_texts`` and within), word / character lengths."""
-    from prismrl.apps.generate import class_balance, duplicate_sources, length_stats
+    from prismrl.apps.synthetic_dataset import (
+        class_balance,
+        duplicate_sources,
+        length_stats,
+    )
 
     counts = [labels.count(c) for c in range(num_classes)]
     duplicates = duplicate_sources(texts, golden_texts)
@@ -84,7 +88,7 @@ def score_examples(module, test_set, texts: list[str], labels: list[int], failur
                    golden_texts: Sequence[str] = ()) -> dict[str, Any]:
     """Train the reset classifier on (texts, labels); golden test metrics, distances, silhouette, embeddings, data
     statistics (duplicates against ``golden_texts``) and the quality score."""
-    from prismrl.apps.generate import quality_score
+    from prismrl.apps.synthetic_dataset import quality_score
     from prismrl.rewards.classifier import ClassifierReward
 
     hp = module.hparams

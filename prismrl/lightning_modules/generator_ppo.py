@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prismrl.backbones.frozen_weights import frozen_pretrained_names
 from prismrl.backbones.sharding import gathered
 from prismrl.choices import (
     check_finite,
@@ -38,11 +39,7 @@ from prismrl.data.generation_prompts import (
     load_prompt_template,
     parse_batch,
 )
-from prismrl.lightning_modules.plumbing import (
-    RolloutStageModule,
-    built_from_config,
-    frozen_pretrained_names,
-)
+from prismrl.lightning_modules.plumbing import RolloutStageModule, built_from_config
 from prismrl.optim import OptimizerSettings, adamw_with_schedule
 from prismrl.policy.adapters.base import ProcessorSettings
 from prismrl.policy.adapters.causal_lm import CausalLMAdapter, ResponsePrefixAdapter

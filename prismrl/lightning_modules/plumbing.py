@@ -14,7 +14,8 @@
   constructor rebuilds from their source (``rebuilt_frozen_children``); checkpoints then hold the trainable weights
   (LoRA adapters, heads) and record each source with a checksum of what was left out, and loading refills those
   weights from the freshly built model after checking the checksum (``frozen_pretrained_names``). Extra state written
-  beside a left-out weight (the int8 scales of a bitsandbytes 8-bit layer) is left out and rebuilt with it.
+  beside a left-out weight (the int8 scales of a bitsandbytes 8-bit layer) is left out and rebuilt with it. The
+  helpers live in ``prismrl.backbones.frozen_weights``.
 - ``built_from_config``: whether LightningCLI (or ``load_from_checkpoint`` of its checkpoints) is
   instantiating the module right now.
 """
@@ -30,10 +31,15 @@ from typing import Any
 import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 import prismrl
+from prismrl.backbones.frozen_weights import (
+    frozen_pretrained_names,
+    unregistered_keys_beside,
+    weights_checksum,
+)
 from prismrl.backbones.sharding import ShardingSettings
 from prismrl.callbacks.numerical_guard import NumericalGuard
 from prismrl.optim import OptimizerSettings
@@ -58,45 +64,6 @@ def check_checkpoint_stage(checkpoint: dict[str, Any], module_class: type, where
     if written_by is not None and written_by != expected:
         raise ValueError(f"{where}: the checkpoint was written by stage {written_by} (prismrl "
                          f"{record.get('version', '?')}); this run's model is {expected}: give a checkpoint of that stage")
-
-
-def frozen_pretrained_names(module: nn.Module, children: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """{state-dict key: source} of the frozen parameters of ``children`` of ``module`` that lie inside a transformers
-    model loaded from a name or folder (``config._name_or_path``), i.e. weights its constructor reloads as they were.
-
-    Random-init models (tiny configs) have no such source and are not listed: their weights stay in checkpoints.
-    """
-    from transformers import PreTrainedModel
-
-    names: dict[str, str] = {}
-    for child in children:
-        owner = getattr(module, child, None)
-        if owner is None:
-            continue
-        sources = {prefix: m.config._name_or_path for prefix, m in owner.named_modules()
-                   if isinstance(m, PreTrainedModel) and getattr(m.config, "_name_or_path", "")}
-        for name, parameter in owner.named_parameters(remove_duplicate=False):
-            source = next((s for prefix, s in sources.items() if name.startswith(f"{prefix}.") or not prefix), None)
-            if source is not None and not parameter.requires_grad:
-                names[f"{child}.{name}"] = source
-    return names
-
-
-def unregistered_keys_beside(module: nn.Module, names: list[str], state: Mapping[str, Any]) -> set[str]:
-    """Keys of ``state`` in the submodule of one of ``names`` that are no parameter or buffer of ``module``: extra state
-    derived from a weight (bitsandbytes ``Linear8bitLt``'s int8 row scales ``SCB`` and ``weight_format``)."""
-    registered = {k for k, _ in [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]}
-    owners = {k.rpartition(".")[0] for k in names}
-    return {k for k in state if k not in registered and k.rpartition(".")[0] in owners}
-
-
-def weights_checksum(tensors: list[Tensor]) -> list[float]:
-    """[sum, sum of absolute values] (float64) over ``tensors``: detects other weights, not float reordering."""
-    total = absolute = 0.0
-    for tensor in tensors:
-        values = tensor.detach().to("cpu", torch.float64)
-        total, absolute = total + float(values.sum()), absolute + float(values.abs().sum())
-    return [total, absolute]
 
 
 def check_checkpoint_world_size(checkpoint: dict[str, Any], world_size: int, where: str = "ckpt_path") -> None:

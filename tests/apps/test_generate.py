@@ -12,18 +12,20 @@ import pytest
 import torch
 
 from prismrl.apps.generate import (
-    COLUMNS,
-    class_balance,
-    duplicate_sources,
     generate_dataset,
     interleaved_labels,
     label_counts,
     main,
     parse_balance,
+)
+from prismrl.apps.generator_report import load_stage
+from prismrl.apps.synthetic_dataset import (
+    COLUMNS,
+    class_balance,
+    duplicate_sources,
     quality_score,
     write_dataset,
 )
-from prismrl.apps.generator_report import load_stage
 
 TINY_GENERATOR = "configs/generator_ppo/tiny.yaml"
 
