@@ -156,7 +156,8 @@ def seen_this_step(module: LightningModule, name: str, options: Mapping[str, Any
         return True
     if trainer.loggers and trainer._logger_connector.should_update_logs:
         return True
-    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+    progress = trainer.fit_loop.epoch_loop.batch_progress  # the last batch, also of a limit_train_batches epoch
+    if progress.is_last_batch or progress.current.ready >= trainer.num_training_batches:
         return True
     if 0 <= trainer.max_steps <= trainer.global_step + 1:
         return True

@@ -74,6 +74,12 @@ def test_training_values_are_recorded_on_logging_steps_only(tmp_path, monkeypatc
     trainer.fit(_module(), train_dataloaders=loader)
     assert calls.count("train/loss") == 1 and calls.count("train/loss_full") == 4 and calls.count("train/loss_d8") == 1
     assert "train/loss" in trainer.callback_metrics and monitor.best_model_score is not None
+    calls.clear()  # the last batch of an epoch cut by limit_train_batches counts as the last batch
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, log_every_n_steps=50, logger=False,
+                         limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(_module(), train_dataloaders=loader)
+    assert calls.count("train/loss") == 1 and trainer.global_step == 3
 
 
 @pytest.mark.slow
