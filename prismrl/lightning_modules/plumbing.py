@@ -301,6 +301,7 @@ class StageModule(LightningModule):
         fp16 gradients (``16-mixed``'s GradScaler), so the norm is that of the true gradients."""
         max_grad_norm = self.optimizer_settings.max_grad_norm if max_grad_norm is None else max_grad_norm
         optimizer.zero_grad()
+        self._known_grad_norm = None  # a norm remembered for earlier gradients never scales these
         self.manual_backward(loss)
         if max_grad_norm and not isinstance(optimizer, LightningOptimizer):  # no precision plugin in between
             self._clip(optimizer, max_grad_norm, "norm")
