@@ -26,7 +26,7 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from prismrl.policy.token_logprobs import hidden_logprobs_checked, output_head
+from prismrl.policy.token_logprobs import hidden_logprobs_supported, output_head, verify_head
 from prismrl.rl.hidden_logprobs import hidden_token_logprobs
 
 
@@ -91,7 +91,7 @@ def shared_prefix_logprobs(model, batch, group_size: int, temperature: float = 1
                            with_entropy: bool = False) -> tuple[Tensor, Tensor | None] | None:
     """([B, T-1] log-probs, entropies or None) at ``batch.loss_mask[:, 1:]`` (0 elsewhere), the shared prefix run
     once per group, with or without grad; None where the batch or model does not qualify (see the module docstring)."""
-    if not hidden_logprobs_checked(model):  # a model not yet checked takes the plain path once
+    if not hidden_logprobs_supported(model):
         return None
     first = _prefix_length(batch, group_size)
     if not first:
@@ -107,6 +107,8 @@ def shared_prefix_logprobs(model, batch, group_size: int, temperature: float = 1
                        past_key_values=recorded, use_cache=True, output_hidden_states=True, logits_to_keep=1)
         if len(recorded.layers) == 0 or not all(isinstance(layer, _RecordingLayer) for layer in recorded.layers):
             return None  # a model that keeps its own cache type
+        if not verify_head(model, head, prefix.hidden_states[-1][:, -1], prefix.logits[:, -1]):
+            return None  # the first forward of a model checks its head here, so a run's path never depends on it
         reading = DynamicCache()
         reading.layer_class_to_replicate = None
         reading.layers = [_ReadingLayer(layer.keys.repeat_interleave(group_size, dim=0),

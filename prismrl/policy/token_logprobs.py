@@ -102,12 +102,18 @@ def _last_hidden(model: nn.Module, inputs: dict, head: OutputHead) -> Tensor | N
     model's own last-position logits and returns None (with a warning) when they differ."""
     out = model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
     hidden = out.hidden_states[-1]  # [B, T, H]
+    return hidden if verify_head(model, head, hidden[:, -1], out.logits[:, -1]) else None
+
+
+def verify_head(model: nn.Module, head: OutputHead, last_hidden: Tensor, last_logits: Tensor) -> bool:
+    """Whether ``head`` on the last hidden states [B, H] reproduces the model's own last-position logits [B, V];
+    checked on the first forward of ``model`` only (later calls return the recorded answer; a mismatch warns once)."""
     if model not in _VERIFIED:
         with torch.no_grad():
-            mine = head.head(hidden[:, -1]).float() * head.logit_scale  # [B, V]
+            mine = head.head(last_hidden).float() * head.logit_scale  # [B, V]
             if head.softcap is not None:
                 mine = torch.tanh(mine / head.softcap) * head.softcap
-            theirs = out.logits[:, -1].float()  # [B, V]
+            theirs = last_logits.float()  # [B, V]
             same_shape = theirs.shape == mine.shape
             gap = float((mine - theirs).abs().max()) if same_shape and theirs.numel() else 0.0
             tolerance = 1e-3 + 2e-2 * float(theirs.abs().max()) if theirs.numel() else 0.0
@@ -115,8 +121,8 @@ def _last_hidden(model: nn.Module, inputs: dict, head: OutputHead) -> Tensor | N
             f"model: the output head on the last hidden state differs from {type(model).__name__}'s own "
             f"logits (max gap {gap:.3g}, shapes {tuple(mine.shape)} vs {tuple(theirs.shape)})")
         if _VERIFIED[model]:
-            warnings.warn(f"{_VERIFIED[model]}; computing log-probs from full logits instead", stacklevel=3)
-    return None if _VERIFIED[model] else hidden
+            warnings.warn(f"{_VERIFIED[model]}; computing log-probs from full logits instead", stacklevel=4)
+    return not _VERIFIED[model]
 
 
 def policy_logprobs(

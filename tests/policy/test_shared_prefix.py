@@ -119,3 +119,20 @@ def test_generate_with_the_shared_prompt_prefill_samples_the_same_tokens(setup):
 
     assert shared == split_completions(out, group.seq_len, eos)
     assert len(shared) == 2 * G and any(shared)
+
+
+def test_a_fresh_model_takes_the_shared_path_on_its_first_call():
+    """The head check runs inside the shared forward, so a resumed run (a fresh model) takes the same path at its
+    first step as the uninterrupted run did at that step."""
+    tokenizer = load_smollm2_tokenizer()
+    torch.manual_seed(1)
+    model, _ = load_causal_lm(config=tiny_llama_config(tokenizer), tokenizer=tokenizer)
+    adapter = adapter_for(model.eval(), tokenizer)
+    group = adapter.build_prompts(["What is 2+2?"]).select(torch.zeros(G, dtype=torch.long))
+    batch = adapter.append_completions(group, [[28, 29], [31], [40, 41, 42]])
+    assert not hidden_logprobs_checked(model)
+    with torch.no_grad():
+        shared = shared_prefix_logprobs(model, batch, G)
+        assert shared is not None and hidden_logprobs_checked(model)
+        torch.testing.assert_close(shared[0], policy_logprobs(model, batch)[0] * batch.loss_mask[:, 1:], atol=1e-5,
+                                   rtol=1e-5)
