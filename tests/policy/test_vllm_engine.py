@@ -31,6 +31,14 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip
 SMOLLM2 = "shipped:smollm2-135m-instruct"
 
 
+def _draw_lora_b(model, std: float) -> None:
+    """Draw every LoRA B factor from N(0, std^2): a trained (or updated) adapter; B starts at zero."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=std)
+
+
 # ----- without vLLM -----
 def test_vllm_is_a_registered_engine_with_checked_settings():
     assert RolloutEngineKind.VLLM in ROLLOUT_ENGINES
@@ -66,10 +74,7 @@ def test_unmapped_weight_names_are_listed():
 def test_lora_merge_and_send_equals_merged_weights_and_leaves_adapters_unmerged():
     torch.manual_seed(0)
     model, _ = build_policy(PolicySettings(tiny_config={"model_type": "llama"}, lora={"r": 4, "alpha": 8}))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)  # a trained adapter (B starts at zero)
+    _draw_lora_b(model, std=0.5)  # a trained adapter (B starts at zero)
     sent = dict(engine_weights(model))
     assert list(sent) == engine_weight_names(model)
     assert not any("lora_" in k or "base_layer" in k for k in sent)
@@ -90,10 +95,7 @@ def test_adapter_serving_settings_base_weights_and_refusals():
     torch.manual_seed(0)
     model, _ = build_policy(PolicySettings(tiny_config={"model_type": "llama"}, lora={"r": 12, "alpha": 24}))
     assert adapter_settings(model) == {"enable_lora": True, "max_lora_rank": 16, "max_loras": 1}  # next vLLM rank
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)
+    _draw_lora_b(model, std=0.5)
     sent = dict(base_weights(model))
     assert list(sent) == engine_weight_names(model)  # the same HF names as merge-and-send
     unmerged = model.get_base_model()
@@ -170,10 +172,7 @@ def test_lora_policy_is_served_merged(served):
     lora, _ = build_policy(PolicySettings(model_name_or_path=SMOLLM2, lora={"r": 8, "alpha": 16}))
     lora.eval()
     torch.manual_seed(2)
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.02)
+    _draw_lora_b(lora, std=0.02)
     prompts = adapter.build_prompts(PROMPTS)
     sampling = SamplingSettings(max_new_tokens=16)
     expected = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
@@ -253,10 +252,7 @@ def test_lora_policy_served_through_vllms_adapters_follows_updates(served):
     torch.manual_seed(3)  # the LoRA A init and the B draws below
     lora, _ = build_policy(PolicySettings(model_name_or_path=SMOLLM2, lora={"r": 8, "alpha": 16}))
     lora.eval()
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
+    _draw_lora_b(lora, std=0.05)
     prompts = adapter.build_prompts(PROMPTS)
     sampling = SamplingSettings(max_new_tokens=16)
     engine = build_rollout_engine(RolloutSettings(engine="vllm", max_model_len=256, max_num_seqs=8,
@@ -266,10 +262,7 @@ def test_lora_policy_served_through_vllms_adapters_follows_updates(served):
         first = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
         assert first != sample_completions(policy, prompts, adapter, sampling, eos, greedy=True)
         assert engine.generate(prompts, sampling, greedy=True) == first
-        with torch.no_grad():
-            for name, p in lora.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(std=0.05)  # an update of the adapters only
+        _draw_lora_b(lora, std=0.05)  # an update of the adapters only
         second = sample_completions(lora, prompts, adapter, sampling, eos, greedy=True)
         assert second != first
         engine.sync_weights(lora)
